@@ -253,7 +253,8 @@ impl Template {
                 Part::Capture(i) => out.push_str(ctx.captures.get(*i).map_or("", String::as_str)),
             }
         }
-        let allow_dollar = matches!(self.parts.first(), Some(Part::Literal(s)) if s.starts_with('$'));
+        let allow_dollar =
+            matches!(self.parts.first(), Some(Part::Literal(s)) if s.starts_with('$'));
         check_publish_topic(&out, allow_dollar)?;
         Ok(out)
     }
@@ -272,7 +273,10 @@ pub fn check_publish_topic(topic: &str, allow_dollar: bool) -> Result<(), String
         return Err("the topic is empty".into());
     }
     if topic.len() > 65_535 {
-        return Err(format!("the topic is {} bytes long; MQTT allows 65535", topic.len()));
+        return Err(format!(
+            "the topic is {} bytes long; MQTT allows 65535",
+            topic.len()
+        ));
     }
     if topic.contains(['+', '#']) {
         return Err(format!("topic {topic:?} contains a wildcard"));
@@ -281,7 +285,9 @@ pub fn check_publish_topic(topic: &str, allow_dollar: bool) -> Result<(), String
         return Err(format!("topic {topic:?} contains NUL"));
     }
     if topic.starts_with('$') && !allow_dollar {
-        return Err(format!("topic {topic:?} starts with '$', which is reserved for the broker"));
+        return Err(format!(
+            "topic {topic:?} starts with '$', which is reserved for the broker"
+        ));
     }
     Ok(())
 }
@@ -346,7 +352,11 @@ mod tests {
     fn templates_render_captures_topic_and_route() {
         let t = Template::parse("out/{route}/{2}/{1}", 2).unwrap();
         let captures = vec!["a".to_string(), "b".to_string()];
-        let ctx = TemplateContext { topic: "in/a/b", route: "r", captures: &captures };
+        let ctx = TemplateContext {
+            topic: "in/a/b",
+            route: "r",
+            captures: &captures,
+        };
         assert_eq!(t.render(ctx).unwrap(), "out/r/b/a");
         let t = Template::parse("copy/{topic}", 0).unwrap();
         assert_eq!(t.render(ctx).unwrap(), "copy/in/a/b");
@@ -356,9 +366,13 @@ mod tests {
 
     #[test]
     fn templates_refuse_bad_placeholders_and_wildcards() {
-        assert!(Template::parse("out/{2}", 1).unwrap_err().contains("capture 2"));
+        assert!(Template::parse("out/{2}", 1)
+            .unwrap_err()
+            .contains("capture 2"));
         assert!(Template::parse("out/{0}", 1).is_err());
-        assert!(Template::parse("out/{nope}", 1).unwrap_err().contains("unknown placeholder"));
+        assert!(Template::parse("out/{nope}", 1)
+            .unwrap_err()
+            .contains("unknown placeholder"));
         assert!(Template::parse("out/{1", 1).is_err());
         assert!(Template::parse("out/+", 1).is_err());
         assert!(Template::parse("", 0).is_err());
@@ -368,10 +382,18 @@ mod tests {
     fn rendered_topics_cannot_become_broker_topics() {
         let t = Template::parse("{1}", 1).unwrap();
         let captures = vec!["$SYS".to_string()];
-        let ctx = TemplateContext { topic: "x", route: "r", captures: &captures };
+        let ctx = TemplateContext {
+            topic: "x",
+            route: "r",
+            captures: &captures,
+        };
         assert!(t.render(ctx).is_err());
         let empty = vec![String::new()];
-        let ctx = TemplateContext { topic: "x", route: "r", captures: &empty };
+        let ctx = TemplateContext {
+            topic: "x",
+            route: "r",
+            captures: &empty,
+        };
         assert!(t.render(ctx).unwrap_err().contains("empty"));
     }
 }

@@ -38,12 +38,18 @@ impl Positions {
 
     /// Location of the value at `path`, or of its key when the value has none.
     pub fn value(&self, path: &str) -> Option<Location> {
-        self.values.get(path).or_else(|| self.keys.get(path)).copied()
+        self.values
+            .get(path)
+            .or_else(|| self.keys.get(path))
+            .copied()
     }
 
     /// Location of the key that names `path` (for "unknown field" errors).
     pub fn key(&self, path: &str) -> Option<Location> {
-        self.keys.get(path).or_else(|| self.values.get(path)).copied()
+        self.keys
+            .get(path)
+            .or_else(|| self.values.get(path))
+            .copied()
     }
 
     /// Location of `path`, or of its nearest ancestor that has one.
@@ -109,7 +115,9 @@ impl Walker {
                         Event::Scalar(s, ..) => s.clone(),
                         _ => "?".to_string(),
                     };
-                    self.positions.keys.insert(join(path, &name), location(mark));
+                    self.positions
+                        .keys
+                        .insert(join(path, &name), location(mark));
                     *key = Some(name);
                     None
                 }
@@ -153,7 +161,8 @@ mod tests {
 
     #[test]
     fn records_nested_keys_and_sequence_items() {
-        let text = "mqtt:\n  url: x\nroutes:\n  - name: a\n    retry:\n      attempts: 3\n  - name: b\n";
+        let text =
+            "mqtt:\n  url: x\nroutes:\n  - name: a\n    retry:\n      attempts: 3\n  - name: b\n";
         let p = Positions::index(text);
         assert_eq!(p.key("mqtt.url"), Some(Location { line: 2, col: 3 }));
         assert_eq!(p.value("mqtt.url"), Some(Location { line: 2, col: 8 }));

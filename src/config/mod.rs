@@ -534,7 +534,11 @@ impl Collector<'_> {
     }
 
     /// Deserialises one section, recording its error (with the precise path) on failure.
-    fn section<T: DeserializeOwned>(&mut self, prefix: &str, value: serde_yaml::Value) -> Option<T> {
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        prefix: &str,
+        value: serde_yaml::Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -572,7 +576,9 @@ impl Collector<'_> {
 // Loading.
 // ---------------------------------------------------------------------------
 
-const TOP_LEVEL: &[&str] = &["mqtt", "gateway", "broker", "plugins", "shutdown", "admin", "routes"];
+const TOP_LEVEL: &[&str] = &[
+    "mqtt", "gateway", "broker", "plugins", "shutdown", "admin", "routes",
+];
 
 impl Config {
     /// Reads and validates `path`. Relative paths inside are taken from its directory.
@@ -638,21 +644,30 @@ impl Config {
 
 fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Option<Config> {
     let serde_yaml::Value::Mapping(mut top) = doc else {
-        c.at("", "the top level must be a mapping with `mqtt`, `gateway` and `routes`");
+        c.at(
+            "",
+            "the top level must be a mapping with `mqtt`, `gateway` and `routes`",
+        );
         return None;
     };
     for key in top.keys() {
         match key.as_str() {
             Some(k) if TOP_LEVEL.contains(&k) => {}
             _ => {
-                let name = key.as_str().map_or_else(|| format!("{key:?}"), str::to_string);
+                let name = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_string);
                 let location = c.positions.key(&name);
                 c.errors.push(ConfigError {
                     path: name.clone(),
                     location,
                     message: format!(
                         "unknown field `{name}`, expected one of {}",
-                        TOP_LEVEL.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        TOP_LEVEL
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             }
@@ -709,7 +724,10 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
             (Some(url), _) => Some(url.clone()),
             (None, Some(b)) => Some(format!("mqtt://{}", b.listen)),
             (None, None) => {
-                c.at("mqtt", "missing `mqtt.url` (or a `broker:` section to run the embedded broker)");
+                c.at(
+                    "mqtt",
+                    "missing `mqtt.url` (or a `broker:` section to run the embedded broker)",
+                );
                 None
             }
         },
@@ -721,7 +739,10 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         }
         if let Some(m) = &mqtt {
             if m.tls.is_some() && url.starts_with("mqtt://") {
-                c.at("mqtt.tls", "TLS settings need an mqtts:// URL; refusing to connect in plaintext");
+                c.at(
+                    "mqtt.tls",
+                    "TLS settings need an mqtts:// URL; refusing to connect in plaintext",
+                );
             }
         }
     }
@@ -746,7 +767,10 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         let Some(rc) = rc else { continue };
         let path = format!("routes[{i}]");
         if !names.insert(rc.name.clone()) {
-            c.at(format!("{path}.name"), format!("route name {:?} is used twice", rc.name));
+            c.at(
+                format!("{path}.name"),
+                format!("route name {:?} is used twice", rc.name),
+            );
         }
         if let Some(route) = check_route(rc, &path, base_dir, fuel_metering, c) {
             routes.push(route);
@@ -774,7 +798,11 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     if !schemes.contains(&scheme) {
         return Err(format!(
             "unsupported scheme {scheme:?} in {url:?}; use {}",
-            schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ")
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
         ));
     }
     let authority = rest.split('/').next().unwrap_or("");
@@ -791,7 +819,10 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
 
 fn check_mqtt(m: &MqttConfig, base: &Path, c: &mut Collector<'_>) -> Option<Credentials> {
     if m.client_id.is_empty() {
-        c.at("mqtt.client_id", "must not be empty with a persistent session");
+        c.at(
+            "mqtt.client_id",
+            "must not be empty with a persistent session",
+        );
     }
     if m.client_id.len() > 23 && m.protocol == Protocol::V311 {
         // MQTT 3.1.1 servers must accept 1..23 characters; most accept more.
@@ -801,7 +832,10 @@ fn check_mqtt(m: &MqttConfig, base: &Path, c: &mut Collector<'_>) -> Option<Cred
         c.at("mqtt.keep_alive", "must be at least 1s");
     }
     if m.max_packet_size.0 < 1024 || m.max_packet_size.0 > 268_435_455 {
-        c.at("mqtt.max_packet_size", "must be between 1KiB and 268435455 bytes (MQTT's limit)");
+        c.at(
+            "mqtt.max_packet_size",
+            "must be between 1KiB and 268435455 bytes (MQTT's limit)",
+        );
     }
     if m.max_pending == 0 {
         c.at("mqtt.max_pending", "must be at least 1");
@@ -852,7 +886,10 @@ fn check_tls(tls: &TlsFiles, path: &str, base: &Path, c: &mut Collector<'_>) {
         if let Some(f) = file {
             let full = base.join(f);
             if !full.is_file() {
-                c.at(format!("{path}.{field}"), format!("{} does not exist", full.display()));
+                c.at(
+                    format!("{path}.{field}"),
+                    format!("{} does not exist", full.display()),
+                );
             }
         }
     }
@@ -866,7 +903,10 @@ fn check_gateway(g: &GatewayConfig, c: &mut Collector<'_>) {
         c.at("gateway.url", e);
     }
     if g.tls.is_some() && g.url.starts_with("http://") {
-        c.at("gateway.tls", "TLS settings need an https:// URL; refusing to call the gateway in plaintext");
+        c.at(
+            "gateway.tls",
+            "TLS settings need an https:// URL; refusing to call the gateway in plaintext",
+        );
     }
     if g.timeout.is_zero() {
         c.at("gateway.timeout", "must be longer than zero");
@@ -885,7 +925,10 @@ fn check_route(
 ) -> Option<Route> {
     let before = c.errors.len();
     if rc.name.is_empty() || rc.name.contains(['/', '+', '#', '\0']) {
-        c.at(format!("{path}.name"), "must be non-empty and contain no '/', '+', '#' or NUL");
+        c.at(
+            format!("{path}.name"),
+            "must be non-empty and contain no '/', '+', '#' or NUL",
+        );
     }
     if rc.function.is_empty() {
         c.at(format!("{path}.function"), "must not be empty");
@@ -909,7 +952,10 @@ fn check_route(
         c.at(format!("{path}.timeout"), "must be longer than zero");
     }
     if rc.retry.attempts == 0 {
-        c.at(format!("{path}.retry.attempts"), "must be at least 1 (the first attempt counts)");
+        c.at(
+            format!("{path}.retry.attempts"),
+            "must be at least 1 (the first attempt counts)",
+        );
     }
     check_backoff(&rc.retry.backoff, &format!("{path}.retry.backoff"), c);
     let mut transform_config_json = "null".to_string();
@@ -931,10 +977,16 @@ fn check_route(
             ),
         }
         if t.limits.timeout.is_zero() {
-            c.at(format!("{path}.transform.limits.timeout"), "must be longer than zero");
+            c.at(
+                format!("{path}.transform.limits.timeout"),
+                "must be longer than zero",
+            );
         }
         if t.limits.memory.0 < 64 * 1024 {
-            c.at(format!("{path}.transform.limits.memory"), "must be at least 64KiB (one WebAssembly page)");
+            c.at(
+                format!("{path}.transform.limits.memory"),
+                "must be at least 64KiB (one WebAssembly page)",
+            );
         }
         if t.limits.fuel.is_some() && !fuel_metering {
             c.at(
@@ -1011,9 +1063,18 @@ routes:
         let shown = err.to_string();
         assert_eq!(err.errors.len(), 4, "{shown}");
         assert!(shown.contains("b.yaml:8:12: routes[0].topic:"), "{shown}");
-        assert!(shown.contains("b.yaml:13:10: routes[1].qos: QoS must be 0, 1 or 2, not 7"), "{shown}");
-        assert!(shown.contains("b.yaml:18:14: routes[2].republish.topic:"), "{shown}");
-        assert!(shown.contains("b.yaml:3:8: mqtt.url: unsupported scheme \"ftp\""), "{shown}");
+        assert!(
+            shown.contains("b.yaml:13:10: routes[1].qos: QoS must be 0, 1 or 2, not 7"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("b.yaml:18:14: routes[2].republish.topic:"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("b.yaml:3:8: mqtt.url: unsupported scheme \"ftp\""),
+            "{shown}"
+        );
     }
 
     #[test]

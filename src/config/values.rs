@@ -31,9 +31,11 @@ impl std::str::FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size: write a whole number with an optional unit such as KiB or MB"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!(
+                "{s:?} is not a size: write a whole number with an optional unit such as KiB or MB"
+            )
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1000,
@@ -42,7 +44,11 @@ impl std::str::FromStr for ByteSize {
             "mib" | "m" => 1024 * 1024,
             "gb" => 1000 * 1000 * 1000,
             "gib" | "g" => 1024 * 1024 * 1024,
-            other => return Err(format!("unknown size unit {other:?} in {s:?}: use B, KB, KiB, MB, MiB, GB or GiB")),
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} in {s:?}: use B, KB, KiB, MB, MiB, GB or GiB"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -126,8 +132,14 @@ impl<'de> Deserialize<'de> for Secret {
         const EXPECTED: &str = "expected a string, {env: VARIABLE} or {file: path}";
         match Raw::deserialize(d).map_err(|_| de::Error::custom(EXPECTED))? {
             Raw::Inline(s) => Ok(Secret::Inline(s)),
-            Raw::Source(Source { env: Some(e), file: None }) => Ok(Secret::Env(e)),
-            Raw::Source(Source { env: None, file: Some(f) }) => Ok(Secret::File(f)),
+            Raw::Source(Source {
+                env: Some(e),
+                file: None,
+            }) => Ok(Secret::Env(e)),
+            Raw::Source(Source {
+                env: None,
+                file: Some(f),
+            }) => Ok(Secret::File(f)),
             Raw::Source(_) => Err(de::Error::custom(EXPECTED)),
         }
     }
@@ -154,9 +166,7 @@ impl<'de> Deserialize<'de> for Protocol {
         match text.as_str() {
             "3.1.1" | "4" => Ok(Protocol::V311),
             "5" | "5.0" => Ok(Protocol::V5),
-            _ => Err(de::Error::custom(
-                "protocol must be \"3.1.1\" or \"5\"",
-            )),
+            _ => Err(de::Error::custom("protocol must be \"3.1.1\" or \"5\"")),
         }
     }
 }
@@ -233,15 +243,26 @@ mod tests {
 
     #[test]
     fn protocol_accepts_common_spellings() {
-        for (text, want) in [("3.1.1", Protocol::V311), ("5", Protocol::V5), ("\"v5\"", Protocol::V5)] {
-            assert_eq!(serde_yaml::from_str::<Protocol>(text).unwrap(), want, "{text}");
+        for (text, want) in [
+            ("3.1.1", Protocol::V311),
+            ("5", Protocol::V5),
+            ("\"v5\"", Protocol::V5),
+        ] {
+            assert_eq!(
+                serde_yaml::from_str::<Protocol>(text).unwrap(),
+                want,
+                "{text}"
+            );
         }
         assert!(serde_yaml::from_str::<Protocol>("3").is_err());
     }
 
     #[test]
     fn secrets_come_from_inline_env_or_file() {
-        assert_eq!(serde_yaml::from_str::<Secret>("pw").unwrap(), Secret::Inline("pw".into()));
+        assert_eq!(
+            serde_yaml::from_str::<Secret>("pw").unwrap(),
+            Secret::Inline("pw".into())
+        );
         assert_eq!(
             serde_yaml::from_str::<Secret>("{env: X}").unwrap(),
             Secret::Env("X".into())

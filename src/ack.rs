@@ -1,0 +1,263 @@
+//! Acknowledgements: each source message is acknowledged once, after every route
+//! that took it has finished, and PUBACKs leave in the order the PUBLISHes
+//! arrived (MQTT-4.6.0-2), although routes finish out of order.
+//!
+//! [`Completion`] is the shared fate of one delivery: every route handling it
+//! holds a [`RouteDone`], and when the last one is dropped the delivery's outcome
+//! is sent to the connection task. It counts as done only if every route said so
+//! ([`RouteDone::success`]); a route that was cancelled (shutdown past the drain
+//! deadline) leaves the message unacknowledged, so the broker redelivers it.
+//!
+//! [`AckTracker`] lives in the connection task. It numbers deliveries of one
+//! connection (an *epoch*), holds finished ones until all earlier ones have
+//! finished, and then releases their acks in order. After a disconnect the broker
+//! redelivers whatever was not acknowledged, so acks of an older epoch are dropped
+//! rather than sent over a new connection where their packet ids mean nothing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::message::QoS;
+
+/// Identifies a tracked delivery: its connection epoch and its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The outcome of one delivery, sent to the connection task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// `None` for QoS 0, which has nothing to acknowledge.
+    pub token: Option<AckToken>,
+    /// Whether every route finished it (so it may be acknowledged).
+    pub ack: bool,
+}
+
+struct Shared {
+    routes: usize,
+    succeeded: AtomicUsize,
+    token: Option<AckToken>,
+    done: mpsc::UnboundedSender<Finished>,
+    /// Returned when the delivery is finished: bounds the messages held at once.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let ack = self.succeeded.load(Ordering::Acquire) == self.routes;
+        // The receiver is gone only when the connection task has stopped, and
+        // then there is nobody left to acknowledge to.
+        let _ = self.done.send(Finished {
+            token: self.token,
+            ack,
+        });
+    }
+}
+
+/// The shared fate of one delivery; split into one [`RouteDone`] per route.
+pub struct Completion {
+    shared: Arc<Shared>,
+}
+
+impl Completion {
+    pub fn new(
+        routes: usize,
+        token: Option<AckToken>,
+        done: mpsc::UnboundedSender<Finished>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Completion {
+        Completion {
+            shared: Arc::new(Shared {
+                routes,
+                succeeded: AtomicUsize::new(0),
+                token,
+                done,
+                _permit: permit,
+            }),
+        }
+    }
+
+    /// A handle for one of the routes.
+    pub fn route(&self) -> RouteDone {
+        RouteDone {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// One route's share of a delivery. Dropping it without [`RouteDone::success`]
+/// means the route did not finish: the message will not be acknowledged.
+pub struct RouteDone {
+    shared: Arc<Shared>,
+}
+
+impl RouteDone {
+    /// The route finished with this message (invoked and republished, skipped, or
+    /// dead-lettered): it may be acknowledged as far as this route is concerned.
+    pub fn success(self) {
+        self.shared.succeeded.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    qos: QoS,
+    pkid: u16,
+    state: SlotState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Working,
+    Ack,
+    /// Finished without being acknowledged (it will be redelivered).
+    Release,
+}
+
+/// Orders the acknowledgements of one connection's QoS 1/2 deliveries.
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    epoch: u64,
+    /// Sequence number of `slots[0]`.
+    head: u64,
+    slots: VecDeque<Slot>,
+}
+
+impl AckTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts tracking a delivery that needs an acknowledgement.
+    pub fn register(&mut self, qos: QoS, pkid: u16) -> AckToken {
+        let seq = self.head + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            qos,
+            pkid,
+            state: SlotState::Working,
+        });
+        AckToken {
+            epoch: self.epoch,
+            seq,
+        }
+    }
+
+    /// Records a finished delivery; returns the `(qos, pkid)` acks now due, in order.
+    pub fn finish(&mut self, token: AckToken, ack: bool) -> Vec<(QoS, u16)> {
+        let mut due = Vec::new();
+        if token.epoch != self.epoch || token.seq < self.head {
+            return due;
+        }
+        let Ok(index) = usize::try_from(token.seq - self.head) else {
+            return due;
+        };
+        match self.slots.get_mut(index) {
+            Some(slot) => {
+                slot.state = if ack {
+                    SlotState::Ack
+                } else {
+                    SlotState::Release
+                }
+            }
+            None => return due,
+        }
+        while let Some(front) = self.slots.front() {
+            match front.state {
+                SlotState::Working => break,
+                SlotState::Ack => due.push((front.qos, front.pkid)),
+                SlotState::Release => {}
+            }
+            self.slots.pop_front();
+            self.head += 1;
+        }
+        due
+    }
+
+    /// The connection was lost: nothing tracked so far may be acknowledged any more.
+    pub fn new_epoch(&mut self) {
+        self.epoch += 1;
+        self.head = 0;
+        self.slots.clear();
+    }
+
+    /// Deliveries still waiting for their acknowledgement.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_are_released_in_arrival_order() {
+        let mut t = AckTracker::new();
+        let a = t.register(QoS::AtLeastOnce, 1);
+        let b = t.register(QoS::AtLeastOnce, 2);
+        let c = t.register(QoS::ExactlyOnce, 3);
+        assert!(t.finish(c, true).is_empty());
+        assert!(t.finish(b, true).is_empty());
+        assert_eq!(
+            t.finish(a, true),
+            vec![
+                (QoS::AtLeastOnce, 1),
+                (QoS::AtLeastOnce, 2),
+                (QoS::ExactlyOnce, 3)
+            ]
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_released_delivery_is_skipped_without_an_ack() {
+        let mut t = AckTracker::new();
+        let a = t.register(QoS::AtLeastOnce, 1);
+        let b = t.register(QoS::AtLeastOnce, 2);
+        assert!(t.finish(b, true).is_empty());
+        assert_eq!(t.finish(a, false), vec![(QoS::AtLeastOnce, 2)]);
+    }
+
+    #[test]
+    fn tokens_of_an_old_connection_are_ignored() {
+        let mut t = AckTracker::new();
+        let old = t.register(QoS::AtLeastOnce, 7);
+        t.new_epoch();
+        let new = t.register(QoS::AtLeastOnce, 7);
+        assert!(t.finish(old, true).is_empty());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.finish(new, true), vec![(QoS::AtLeastOnce, 7)]);
+    }
+
+    #[test]
+    fn completion_acks_only_when_every_route_succeeded() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let token = Some(AckToken { epoch: 0, seq: 0 });
+        let c = Completion::new(2, token, tx.clone(), None);
+        let (r1, r2) = (c.route(), c.route());
+        drop(c);
+        r1.success();
+        assert!(rx.try_recv().is_err(), "must wait for the second route");
+        drop(r2); // cancelled, never succeeded
+        assert_eq!(rx.try_recv().unwrap(), Finished { token, ack: false });
+
+        let c = Completion::new(0, None, tx, None);
+        drop(c);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Finished {
+                token: None,
+                ack: true
+            }
+        );
+    }
+}

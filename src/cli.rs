@@ -1,0 +1,181 @@
+//! The command line: `run` (the default), `check`, `demo`, `plugin test|inspect`
+//! and `standin-gateway`. Parses arguments, sets up logging and signals, and
+//! calls into the library; no bridge logic lives here.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fxbridge",
+    version,
+    about = "Routes MQTT messages to OpenFx functions and republishes their results"
+)]
+pub struct Cli {
+    /// Log format; the level comes from RUST_LOG (default: info).
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "FXBRIDGE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bridge (the default command).
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "bridge.yaml", env = "FXBRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print every problem; exits 1 on any.
+    Check {
+        #[arg(short, long, default_value = "bridge.yaml", env = "FXBRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Demo: an embedded broker and a stand-in gateway (echo), sample readings
+    /// through a route over real MQTT and real gRPC. Not an OpenFx deployment.
+    Demo {
+        /// How many sample readings to publish.
+        #[arg(long, default_value_t = 5)]
+        messages: usize,
+    },
+    /// Work with WebAssembly transform plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Serve a stand-in for the OpenFx gateway that echoes its input (for local
+    /// trials and benchmarks; it runs no functions).
+    StandinGateway {
+        #[arg(long, default_value = "127.0.0.1:31113")]
+        listen: std::net::SocketAddr,
+        /// Put in front of every reply, like OpenFx's runtime templates (`[Go] `).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Run a plugin against the cases in a YAML file, in the production sandbox.
+    Test { plugin: PathBuf, cases: PathBuf },
+    /// Show which hooks and which WIT version a component implements.
+    Inspect { plugin: PathBuf },
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    // rumqttd (the embedded broker) logs every client disconnect as an error.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Some(Command::Demo { .. }) => "warn,rumqttd=off",
+        _ => "info,rumqttd=warn",
+    };
+    init_logging(cli.log_format, default_filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let command = cli.command.unwrap_or(Command::Run {
+        config: PathBuf::from("bridge.yaml"),
+    });
+    runtime.block_on(async move {
+        match command {
+            Command::Run { config } => {
+                let cfg = Config::load(&config)
+                    .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+                crate::run(cfg, stop_signal()).await?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::Check { config } => Ok(check(&config)),
+            Command::Demo { messages } => crate::demo::run(messages).await,
+            Command::Plugin { command } => plugin(command).await,
+            Command::StandinGateway { listen, prefix } => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                tracing::info!(%listen, "stand-in gateway (echo) serving pb.FxGateway");
+                crate::gateway::standin::serve(
+                    listener,
+                    crate::gateway::standin::Echo { prefix },
+                    stop_signal(),
+                )
+                .await?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+fn check(path: &std::path::Path) -> std::process::ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: OK ({} route{})",
+                path.display(),
+                cfg.routes.len(),
+                if cfg.routes.len() == 1 { "" } else { "s" }
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            let n = e.errors.len();
+            eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
+    match command {
+        PluginCommand::Test { .. } | PluginCommand::Inspect { .. } => {
+            anyhow::bail!("WebAssembly plugins are not available in this build yet")
+        }
+    }
+}

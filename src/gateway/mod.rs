@@ -1,0 +1,121 @@
+//! The OpenFx gateway client: one long-lived HTTP/2 channel, many concurrent calls.
+//!
+//! Every Invoke carries its own deadline (the gateway's is minutes long), the
+//! number of calls in flight is capped by a semaphore shared by all routes, and
+//! the channel is created lazily, so the bridge starts (and keeps its MQTT
+//! session) while the gateway is still down. TLS is used for `https://` URLs;
+//! the config loader refuses TLS settings with an `http://` URL.
+
+pub mod standin;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use crate::config::GatewayConfig;
+use crate::proto::fx_gateway_client::FxGatewayClient;
+use crate::proto::InvokeServiceRequest;
+
+/// A cloneable handle on the gateway; clones share the channel and the call limit.
+#[derive(Clone)]
+pub struct Gateway {
+    client: FxGatewayClient<Channel>,
+    slots: Arc<Semaphore>,
+}
+
+impl Gateway {
+    /// Prepares the channel without connecting; `base` anchors relative TLS paths.
+    pub fn new(cfg: &GatewayConfig, base: &Path) -> Result<Gateway> {
+        let mut endpoint = Endpoint::from_shared(cfg.url.clone())
+            .with_context(|| format!("invalid gateway URL {:?}", cfg.url))?
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        if cfg.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            match cfg.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+                Some(ca) => {
+                    let path = base.join(ca);
+                    let pem = std::fs::read(&path)
+                        .with_context(|| format!("cannot read gateway CA {}", path.display()))?;
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                None => tls = tls.with_native_roots(),
+            }
+            if let Some(t) = &cfg.tls {
+                if let Some(name) = &t.server_name {
+                    tls = tls.domain_name(name.clone());
+                }
+                if let (Some(cert), Some(key)) = (&t.client_cert_file, &t.client_key_file) {
+                    let cert = std::fs::read(base.join(cert))
+                        .context("cannot read gateway client certificate")?;
+                    let key =
+                        std::fs::read(base.join(key)).context("cannot read gateway client key")?;
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("invalid gateway TLS settings")?;
+        }
+        let client = FxGatewayClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(cfg.max_message_size.as_usize());
+        Ok(Gateway {
+            client,
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent)),
+        })
+    }
+
+    /// Calls `FxGateway.Invoke(function, input)` within `deadline`.
+    ///
+    /// The deadline is sent to the gateway (`grpc-timeout`) and also enforced
+    /// here, so a gateway that ignores it cannot hold a call forever. Time spent
+    /// waiting for a free call slot does not count against it.
+    pub async fn invoke(
+        &self,
+        function: &str,
+        input: Bytes,
+        deadline: Duration,
+    ) -> Result<String, Status> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Status::new(Code::Cancelled, "gateway client closed"))?;
+        let mut request = tonic::Request::new(InvokeServiceRequest {
+            service: function.to_string(),
+            input,
+        });
+        request.set_timeout(deadline);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(deadline, client.invoke(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().msg),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::new(
+                Code::DeadlineExceeded,
+                format!("no reply within {}", humantime::format_duration(deadline)),
+            )),
+        }
+    }
+
+    /// Calls `FxGateway.HealthCheck`; used for readiness.
+    pub async fn health_check(&self, deadline: Duration) -> Result<String, Status> {
+        let mut request = tonic::Request::new(crate::proto::Empty {});
+        request.set_timeout(deadline);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(deadline, client.health_check(request)).await {
+            Ok(r) => r.map(|m| m.into_inner().msg),
+            Err(_) => Err(Status::new(
+                Code::DeadlineExceeded,
+                "health check timed out",
+            )),
+        }
+    }
+}

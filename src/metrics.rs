@@ -1,0 +1,241 @@
+//! Counters of the bridge, kept as atomics and rendered in the Prometheus text
+//! format for the admin endpoint (`/metrics`).
+//!
+//! Bridge-wide counters live in [`Metrics`]; each route has a [`RouteMetrics`]
+//! that survives reloads (looked up by route name), so a reload does not reset
+//! what a dashboard shows.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Counters of one route.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    pub messages: AtomicU64,
+    pub invoked: AtomicU64,
+    pub invoke_failures: AtomicU64,
+    pub retries: AtomicU64,
+    pub skipped: AtomicU64,
+    pub published: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Messages that did not finish (shutdown past the drain deadline).
+    pub abandoned: AtomicU64,
+    /// Time from dispatch to done, summed, in microseconds.
+    pub latency_us_sum: AtomicU64,
+}
+
+/// Bridge-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connected: AtomicBool,
+    /// True while connected with every subscription in place.
+    ready: tokio::sync::watch::Sender<bool>,
+    received: AtomicU64,
+    acked: AtomicU64,
+    unrouted: AtomicU64,
+    backpressure: AtomicU64,
+    subscription_refused: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload: Mutex<Option<String>>,
+    routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Relaxed);
+        if !up {
+            self.ready.send_replace(false);
+        }
+    }
+    /// The subscriber is connected and its subscriptions are in place.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+    /// Completes once the bridge is ready to receive messages.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+    pub fn received(&self) {
+        self.received.fetch_add(1, Relaxed);
+    }
+    pub fn acked(&self) {
+        self.acked.fetch_add(1, Relaxed);
+    }
+    pub fn unrouted(&self) {
+        self.unrouted.fetch_add(1, Relaxed);
+    }
+    pub fn backpressure(&self) {
+        self.backpressure.fetch_add(1, Relaxed);
+    }
+    pub fn subscription_refused(&self) {
+        self.subscription_refused.fetch_add(1, Relaxed);
+    }
+
+    /// Records the outcome of a reload; `Err` holds the whole error text.
+    pub fn reload(&self, outcome: Result<(), String>) {
+        let status = match outcome {
+            Ok(()) => {
+                self.reloads_ok.fetch_add(1, Relaxed);
+                "ok".to_string()
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Relaxed);
+                format!("failed: {e}")
+            }
+        };
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(status);
+        }
+    }
+
+    /// `(successful, failed, last status)` of reloads so far.
+    pub fn reloads(&self) -> (u64, u64, Option<String>) {
+        let last = self.last_reload.lock().ok().and_then(|l| l.clone());
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+            last,
+        )
+    }
+
+    /// Messages received and acknowledged so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.received.load(Relaxed), self.acked.load(Relaxed))
+    }
+
+    /// The counters of route `name`, created on first use.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(routes.entry(name.to_string()).or_default())
+    }
+
+    /// All counters in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} {kind}\nfxbridge_{name} {v}"
+            );
+        };
+        gauge(
+            "broker_connected",
+            "1 while the subscriber is connected.",
+            "gauge",
+            u64::from(self.is_connected()),
+        );
+        gauge(
+            "ready",
+            "1 while connected with every subscription in place.",
+            "gauge",
+            u64::from(self.is_ready()),
+        );
+        gauge(
+            "received_total",
+            "Messages received from the broker.",
+            "counter",
+            self.received.load(Relaxed),
+        );
+        gauge(
+            "acked_total",
+            "Messages acknowledged to the broker.",
+            "counter",
+            self.acked.load(Relaxed),
+        );
+        gauge(
+            "unrouted_total",
+            "Messages no route took.",
+            "counter",
+            self.unrouted.load(Relaxed),
+        );
+        gauge(
+            "backpressure_total",
+            "Times reading paused at mqtt.max_pending.",
+            "counter",
+            self.backpressure.load(Relaxed),
+        );
+        gauge(
+            "subscriptions_refused_total",
+            "Subscriptions the broker refused.",
+            "counter",
+            self.subscription_refused.load(Relaxed),
+        );
+        gauge(
+            "reloads_total",
+            "Successful config reloads.",
+            "counter",
+            self.reloads_ok.load(Relaxed),
+        );
+        gauge(
+            "reload_failures_total",
+            "Config reloads rejected (the running config was kept).",
+            "counter",
+            self.reloads_failed.load(Relaxed),
+        );
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        type Field = fn(&RouteMetrics) -> &AtomicU64;
+        let fields: [(&str, &str, Field); 9] = [
+            (
+                "route_messages_total",
+                "Messages taken by the route.",
+                |r| &r.messages,
+            ),
+            ("route_invoked_total", "Successful Invoke calls.", |r| {
+                &r.invoked
+            }),
+            ("route_invoke_failures_total", "Failed Invoke calls.", |r| {
+                &r.invoke_failures
+            }),
+            ("route_retries_total", "Invoke retries.", |r| &r.retries),
+            (
+                "route_skipped_total",
+                "Messages a transform skipped.",
+                |r| &r.skipped,
+            ),
+            ("route_published_total", "Results published.", |r| {
+                &r.published
+            }),
+            ("route_dead_letters_total", "Messages dead-lettered.", |r| {
+                &r.dead_letters
+            }),
+            (
+                "route_abandoned_total",
+                "Messages left unacknowledged at shutdown.",
+                |r| &r.abandoned,
+            ),
+            (
+                "route_latency_microseconds_sum",
+                "Time from dispatch to done.",
+                |r| &r.latency_us_sum,
+            ),
+        ];
+        for (name, help, get) in fields {
+            let _ = writeln!(
+                out,
+                "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} counter"
+            );
+            for (route, m) in routes.iter() {
+                let _ = writeln!(
+                    out,
+                    "fxbridge_{name}{{route=\"{route}\"}} {}",
+                    get(m).load(Relaxed)
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,405 @@
+//! Routing: which routes take a message, and each route's worker, which runs its
+//! messages with the route's concurrency and ordering.
+//!
+//! The [`Router`] holds the current route [`Table`] behind an `ArcSwap`, so a
+//! reload swaps it atomically; a message is dispatched against exactly one table
+//! version, and its job keeps that version's route (plugin included) to the end.
+//!
+//! When several routes match one message, every one of them processes it, each
+//! once; the source is acknowledged after all of them are done. Under MQTT 5 each
+//! distinct filter is subscribed with its own subscription identifier and a
+//! delivery goes only to the routes of the identifiers it carries, so overlapping
+//! filters (which MQTT 5 brokers deliver once per subscription) are not processed
+//! twice. Under MQTT 3.1.1 the routes are found by matching the topic.
+//!
+//! A route's [`worker`] keeps per-topic order (`ordering: per-topic`): one message
+//! per topic at a time, in arrival order, with up to `max_in_flight` topics in
+//! parallel; with `ordering: none` up to `max_in_flight` messages run at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::ack::Completion;
+use crate::config::{Ordering, Protocol};
+use crate::message::{Inbound, QoS};
+use crate::metrics::Metrics;
+use crate::mqtt::inbound::Dispatch;
+use crate::mqtt::Subscription;
+use crate::pipeline::{self, Job, RouteCtx, Services};
+
+/// A route of the current table: its context and the queue of its worker.
+pub struct RouteEntry {
+    pub ctx: Arc<RouteCtx>,
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Becomes true when the worker has finished every job it was given and its
+    /// queue is closed: a successor may then start (per-topic order).
+    pub finished: watch::Receiver<bool>,
+}
+
+/// One version of the routing table.
+pub struct Table {
+    pub routes: Vec<RouteEntry>,
+    /// Subscriptions, one per distinct filter, with stable MQTT 5 identifiers.
+    pub subscriptions: Vec<Subscription>,
+    /// Subscription identifier -> indexes into `routes`.
+    by_subscription: HashMap<usize, Vec<usize>>,
+    protocol: Protocol,
+}
+
+impl Table {
+    /// The route called `name`, if this table has it.
+    pub fn get(&self, name: &str) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| r.ctx.route.name() == name)
+    }
+}
+
+/// Starts route workers and assembles a table.
+pub struct TableBuilder {
+    services: Arc<Services>,
+    protocol: Protocol,
+    /// Subscription identifiers handed out so far, by filter; kept across
+    /// versions so an unchanged filter keeps its identifier.
+    ids: HashMap<String, usize>,
+    next_id: usize,
+}
+
+impl TableBuilder {
+    pub fn new(services: Arc<Services>, protocol: Protocol) -> Self {
+        TableBuilder {
+            services,
+            protocol,
+            ids: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The subscription identifier of `filter`, assigned on first use.
+    fn id(&mut self, filter: &str) -> usize {
+        if let Some(id) = self.ids.get(filter) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ids.insert(filter.to_string(), id);
+        id
+    }
+
+    /// Builds a table. `reuse` supplies entries to carry over unchanged (their
+    /// worker keeps running); every other route gets a new worker, which waits for
+    /// `predecessor` (the same route's previous worker) before starting.
+    pub fn build(
+        &mut self,
+        routes: Vec<Arc<RouteCtx>>,
+        mut reuse: impl FnMut(
+            &RouteCtx,
+        ) -> Option<(
+            Arc<RouteCtx>,
+            mpsc::UnboundedSender<Job>,
+            watch::Receiver<bool>,
+        )>,
+        mut predecessor: impl FnMut(&str) -> Option<watch::Receiver<bool>>,
+    ) -> Table {
+        let mut entries = Vec::with_capacity(routes.len());
+        for ctx in routes {
+            let entry = match reuse(&ctx) {
+                Some((ctx, jobs, finished)) => RouteEntry {
+                    ctx,
+                    jobs,
+                    finished,
+                },
+                None => self.spawn(ctx, &mut predecessor),
+            };
+            entries.push(entry);
+        }
+        let mut subscriptions: Vec<Subscription> = Vec::new();
+        let mut by_subscription: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let filter = e.ctx.route.filter.as_str().to_string();
+            let qos = e.ctx.route.config.qos;
+            let id = self.id(&filter);
+            by_subscription.entry(id).or_default().push(i);
+            match subscriptions.iter_mut().find(|s| s.filter == filter) {
+                // Two routes on one filter: one subscription, at the higher QoS.
+                Some(s) => s.qos = s.qos.max(qos),
+                None => subscriptions.push(Subscription { filter, qos, id }),
+            }
+        }
+        Table {
+            routes: entries,
+            subscriptions,
+            by_subscription,
+            protocol: self.protocol,
+        }
+    }
+
+    fn spawn(
+        &self,
+        ctx: Arc<RouteCtx>,
+        predecessor: &mut impl FnMut(&str) -> Option<watch::Receiver<bool>>,
+    ) -> RouteEntry {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let (done_tx, finished) = watch::channel(false);
+        let before = predecessor(ctx.route.name());
+        tokio::spawn(worker(
+            Arc::clone(&ctx),
+            Arc::clone(&self.services),
+            rx,
+            before,
+            done_tx,
+        ));
+        RouteEntry {
+            ctx,
+            jobs,
+            finished,
+        }
+    }
+}
+
+/// Dispatches deliveries against the current table.
+pub struct Router {
+    table: ArcSwap<Table>,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    pub fn new(table: Table, metrics: Arc<Metrics>) -> Router {
+        Router {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+        }
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// Makes `table` current; returns the previous one (whose workers finish
+    /// their queued jobs once it and its in-flight dispatches are dropped).
+    pub fn swap(&self, table: Table) -> Arc<Table> {
+        self.table.swap(Arc::new(table))
+    }
+}
+
+impl Dispatch for Router {
+    fn dispatch(
+        &self,
+        msg: Inbound,
+        subscription_ids: &[usize],
+        completion: &mut dyn FnMut(usize) -> Completion,
+    ) {
+        let table = self.table.load();
+        let mut matched: Vec<(usize, Vec<String>)> = Vec::new();
+        let candidates: Box<dyn Iterator<Item = usize>> =
+            if table.protocol == Protocol::V5 && !subscription_ids.is_empty() {
+                let mut idx: Vec<usize> = subscription_ids
+                    .iter()
+                    .filter_map(|id| table.by_subscription.get(id))
+                    .flatten()
+                    .copied()
+                    .collect();
+                idx.sort_unstable();
+                idx.dedup();
+                Box::new(idx.into_iter())
+            } else {
+                Box::new(0..table.routes.len())
+            };
+        for i in candidates {
+            if let Some(captures) = table.routes[i].ctx.route.filter.matches(&msg.topic) {
+                matched.push((i, captures));
+            }
+        }
+        if matched.is_empty() {
+            self.metrics.unrouted();
+            debug!(topic = %msg.topic, "no route takes this message; acknowledging it");
+        }
+        let completion = completion(matched.len());
+        let msg = Arc::new(msg);
+        let now = Instant::now();
+        for (i, captures) in matched {
+            let job = Job {
+                msg: Arc::clone(&msg),
+                captures,
+                done: completion.route(),
+                dispatched: now,
+            };
+            // A worker lives as long as its queue's sender, which this table holds.
+            let _ = table.routes[i].jobs.send(job);
+        }
+    }
+}
+
+/// Runs one route's jobs until its queue closes and every job has finished.
+async fn worker(
+    ctx: Arc<RouteCtx>,
+    services: Arc<Services>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    predecessor: Option<watch::Receiver<bool>>,
+    finished: watch::Sender<bool>,
+) {
+    // The route's previous version finishes first, so per-topic order holds
+    // across a reload; new jobs queue meanwhile.
+    if let Some(mut before) = predecessor {
+        let _ = before.wait_for(|done| *done).await;
+    }
+    let limit = ctx.route.config.max_in_flight;
+    let per_topic = ctx.route.config.ordering == Ordering::PerTopic;
+    let mut queue = Queue::default();
+    let mut running: JoinSet<Option<String>> = JoinSet::new();
+    let mut open = true;
+    loop {
+        while running.len() < limit {
+            let Some((key, job)) = queue.next() else {
+                break;
+            };
+            let (ctx, services) = (Arc::clone(&ctx), Arc::clone(&services));
+            running.spawn(async move {
+                pipeline::process(&ctx, &services, job).await;
+                key
+            });
+        }
+        if !open && running.is_empty() && queue.is_empty() {
+            break;
+        }
+        tokio::select! {
+            // Past the drain deadline: dropping `running` aborts the jobs, whose
+            // messages stay unacknowledged.
+            () = services.cancel.cancelled() => break,
+            job = rx.recv(), if open => match job {
+                Some(job) => {
+                    // QoS 0 carries no order guarantee worth a queue.
+                    let key = (per_topic && job.msg.qos != QoS::AtMostOnce).then(|| job.msg.topic.clone());
+                    queue.push(key, job);
+                }
+                None => open = false,
+            },
+            Some(done) = running.join_next() => {
+                if let Ok(Some(topic)) = done {
+                    queue.release(&topic);
+                }
+            }
+        }
+    }
+    let _ = finished.send(true);
+}
+
+/// Jobs waiting to run. Keyed jobs (per-topic order) run one per key at a time,
+/// in arrival order; unkeyed jobs run in arrival order with no such limit.
+#[derive(Default)]
+struct Queue {
+    /// Per topic: jobs not yet started. A key is present while a job of that
+    /// topic runs or waits.
+    topics: HashMap<String, VecDeque<Job>>,
+    /// Topics whose next job may start, and unkeyed jobs, in arrival order.
+    ready: VecDeque<Ready>,
+}
+
+enum Ready {
+    Topic(String),
+    Free(Job),
+}
+
+impl Queue {
+    fn push(&mut self, key: Option<String>, job: Job) {
+        match key {
+            None => self.ready.push_back(Ready::Free(job)),
+            Some(topic) => match self.topics.get_mut(&topic) {
+                Some(q) => q.push_back(job),
+                None => {
+                    self.topics.insert(topic.clone(), VecDeque::from([job]));
+                    self.ready.push_back(Ready::Topic(topic));
+                }
+            },
+        }
+    }
+
+    /// The next job allowed to start, with the topic it holds (if keyed).
+    fn next(&mut self) -> Option<(Option<String>, Job)> {
+        match self.ready.pop_front()? {
+            Ready::Free(job) => Some((None, job)),
+            Ready::Topic(topic) => {
+                let job = self.topics.get_mut(&topic)?.pop_front()?;
+                Some((Some(topic), job))
+            }
+        }
+    }
+
+    /// A job of `topic` finished: its next one (if any) becomes ready.
+    fn release(&mut self, topic: &str) {
+        match self.topics.get(topic) {
+            Some(q) if q.is_empty() => {
+                self.topics.remove(topic);
+            }
+            Some(_) => self.ready.push_back(Ready::Topic(topic.to_string())),
+            None => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.topics.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Completion;
+    use bytes::Bytes;
+
+    fn job(topic: &str, n: u8) -> Job {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let c = Completion::new(1, None, tx, None);
+        Job {
+            msg: Arc::new(Inbound {
+                topic: topic.into(),
+                payload: Bytes::from(vec![n]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                user_properties: vec![],
+                content_type: None,
+            }),
+            captures: vec![],
+            done: c.route(),
+            dispatched: Instant::now(),
+        }
+    }
+
+    fn payload(j: &Job) -> u8 {
+        j.msg.payload[0]
+    }
+
+    #[test]
+    fn one_job_per_topic_runs_at_a_time_in_arrival_order() {
+        let mut q = Queue::default();
+        q.push(Some("a".into()), job("a", 1));
+        q.push(Some("a".into()), job("a", 2));
+        q.push(Some("b".into()), job("b", 3));
+        let (k1, j1) = q.next().unwrap();
+        let (k2, j2) = q.next().unwrap();
+        assert_eq!((k1.as_deref(), payload(&j1)), (Some("a"), 1));
+        assert_eq!((k2.as_deref(), payload(&j2)), (Some("b"), 3));
+        assert!(q.next().is_none(), "a/2 must wait for a/1");
+        q.release("a");
+        let (_, j3) = q.next().unwrap();
+        assert_eq!(payload(&j3), 2);
+        q.release("b");
+        q.release("a");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn unkeyed_jobs_are_not_held_back() {
+        let mut q = Queue::default();
+        q.push(None, job("a", 1));
+        q.push(None, job("a", 2));
+        assert_eq!(payload(&q.next().unwrap().1), 1);
+        assert_eq!(payload(&q.next().unwrap().1), 2);
+        assert!(q.is_empty());
+    }
+}
