@@ -525,7 +525,12 @@ struct Collector<'a> {
 impl Collector<'_> {
     fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
-        let location = self.positions.nearest(&path);
+        // Whole-file problems have no single line to point at.
+        let location = if path.is_empty() {
+            None
+        } else {
+            self.positions.nearest(&path)
+        };
         self.errors.push(ConfigError {
             path,
             location,
@@ -533,42 +538,124 @@ impl Collector<'_> {
         });
     }
 
-    /// Deserialises one section, recording its error (with the precise path) on failure.
+    /// Deserialises one section, recording every error it can find.
+    ///
+    /// serde stops at the first error, so after each one the offending key is
+    /// removed and the section is tried again (up to a bound): an unknown field,
+    /// a value of the wrong type, and a bad value elsewhere in the same route are
+    /// all reported in one pass. The section is returned (with defaults where keys
+    /// were removed) so that the semantic checks can run on it too; the file is
+    /// rejected anyway because errors were recorded.
     fn section<T: DeserializeOwned>(
         &mut self,
         prefix: &str,
-        value: serde_yaml::Value,
+        mut value: serde_yaml::Value,
     ) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let mut path = match inner.as_str() {
-                    "." | "" => prefix.to_string(),
-                    p if p.starts_with('[') => format!("{prefix}{p}"),
-                    p => format!("{prefix}.{p}"),
-                };
-                let message = e.into_inner().to_string();
-                // serde names an unknown field only in its message; point at the key.
-                if let Some(field) = message
-                    .strip_prefix("unknown field `")
-                    .and_then(|m| m.split('`').next())
-                {
-                    if !path.ends_with(&format!(".{field}")) {
-                        path = format!("{path}.{field}");
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..32 {
+            let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let mut segments: Vec<PathSegment> = err
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Seq { index } => Some(PathSegment::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => {
+                        Some(PathSegment::Key(key.clone()))
                     }
-                    let location = self.positions.key(&path);
-                    self.errors.push(ConfigError {
-                        path,
-                        location,
-                        message,
-                    });
-                } else {
+                    _ => None,
+                })
+                .collect();
+            let message = err.into_inner().to_string();
+            // serde names an unknown field only in its message.
+            if let Some(field) = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+            {
+                if segments.last() != Some(&PathSegment::Key(field.to_string())) {
+                    segments.push(PathSegment::Key(field.to_string()));
+                }
+            }
+            let path = render_path(prefix, &segments);
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next())
+            {
+                // A key removed after an earlier error is not missing for the user.
+                let missing = render_path(&path, &[PathSegment::Key(field.to_string())]);
+                if !removed.contains(&missing) {
                     self.at(path, message);
                 }
-                None
+                return None;
             }
+            let location = if message.starts_with("unknown field") {
+                self.positions.key(&path)
+            } else {
+                self.positions.nearest(&path)
+            };
+            self.errors.push(ConfigError {
+                path: path.clone(),
+                location,
+                message,
+            });
+            if segments.is_empty() || !remove_at(&mut value, &segments) {
+                return None;
+            }
+            removed.push(path);
         }
+        None
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathSegment {
+    Key(String),
+    Index(usize),
+}
+
+fn render_path(prefix: &str, segments: &[PathSegment]) -> String {
+    let mut out = prefix.to_string();
+    for s in segments {
+        match s {
+            PathSegment::Key(k) if out.is_empty() => out.push_str(k),
+            PathSegment::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            PathSegment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Removes the node at `path` from `value`; false if there is none.
+fn remove_at(value: &mut serde_yaml::Value, path: &[PathSegment]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        node = match (seg, node) {
+            (PathSegment::Key(k), serde_yaml::Value::Mapping(m)) => match m.get_mut(k.as_str()) {
+                Some(n) => n,
+                None => return false,
+            },
+            (PathSegment::Index(i), serde_yaml::Value::Sequence(s)) => match s.get_mut(*i) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (PathSegment::Key(k), serde_yaml::Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
+        (PathSegment::Index(i), serde_yaml::Value::Sequence(s)) if *i < s.len() => {
+            s.remove(*i);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -617,12 +704,9 @@ impl Config {
                 line: l.line(),
                 col: l.column(),
             });
-            let message = e.to_string();
-            // serde_yaml appends " at line X column Y"; the location says it already.
-            let message = match message.rfind(" at line ") {
-                Some(cut) if location.is_some() => message[..cut].to_string(),
-                _ => message,
-            };
+            // serde_yaml writes " at line X column Y" into the message; the
+            // location says it already.
+            let message = strip_positions(&e.to_string());
             fail(vec![ConfigError {
                 path: String::new(),
                 location,
@@ -637,9 +721,30 @@ impl Config {
         let config = build(doc, base_dir, &mut c);
         match config {
             Some(cfg) if c.errors.is_empty() => Ok(cfg),
-            _ => Err(fail(c.errors)),
+            _ => {
+                let mut errors = c.errors;
+                // In file order; errors without a line (whole-file ones) first.
+                errors.sort_by_key(|e| e.location.map(|l| (l.line, l.col)));
+                Err(fail(errors))
+            }
         }
     }
+}
+
+/// Removes " at line X column Y" from a serde_yaml message.
+fn strip_positions(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " at line ".len()..];
+        let skip = tail
+            .find(|c: char| !(c.is_ascii_digit() || c == ' ' || "column".contains(c)))
+            .unwrap_or(tail.len());
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Option<Config> {
