@@ -45,6 +45,7 @@ pub struct Bridge {
     close_outbound: CancellationToken,
     inbound: JoinHandle<()>,
     outbound: JoinHandle<()>,
+    admin: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 /// Loads the plugin of `route` (if any) and assembles its context.
@@ -67,6 +68,19 @@ impl Bridge {
     pub async fn start(config: Config, metrics: Arc<Metrics>) -> Result<Bridge> {
         // rumqttc is built without a default TLS provider; tonic uses ring too.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let admin = match &config.admin {
+            Some(a) => {
+                let stop = CancellationToken::new();
+                let task = crate::admin::serve(
+                    a.listen,
+                    Arc::clone(&metrics),
+                    stop.clone().cancelled_owned(),
+                )
+                .await?;
+                Some((stop, task))
+            }
+            None => None,
+        };
         if let Some(b) = &config.broker {
             crate::broker::start(b, config.mqtt.max_packet_size.as_usize()).await?;
         }
@@ -131,6 +145,7 @@ impl Bridge {
             close_outbound,
             inbound,
             outbound,
+            admin,
         })
     }
 
@@ -168,6 +183,10 @@ impl Bridge {
         let _ = self.inbound.await;
         self.close_outbound.cancel();
         let _ = self.outbound.await;
+        if let Some((stop, task)) = self.admin {
+            stop.cancel();
+            let _ = task.await;
+        }
         let (received, acked) = self.metrics.totals();
         info!(received, acked, elapsed = ?started.elapsed(), "fxbridge stopped");
         Ok(())

@@ -14,8 +14,10 @@
 //!
 //! Around it: [`bridge`] wires and stops the parts, [`broker`] embeds an MQTT
 //! broker, [`topic`] matches filters and renders templates, [`message`] holds
-//! the types that travel between stages, [`metrics`] counts.
+//! the types that travel between stages, [`metrics`] counts and [`admin`] serves
+//! the counters and health over HTTP.
 pub mod ack;
+pub mod admin;
 pub mod bridge;
 pub mod broker;
 pub mod cli;
