@@ -65,7 +65,11 @@ pub mod bindings {
 }
 
 /// The encoded component type of each world, emitted into a plugin by
-/// [`export_plugin!`] (see build.rs).
+/// [`export_plugin!`] (see build.rs). wit-bindgen could emit it too, but only
+/// through one generated world per crate: generating `pre-transform` next to
+/// `transform` defines the same `#[macro_export]` per-interface macros twice.
+/// So the bindings come from world `transform` alone, and the section that
+/// tells the linker the plugin's actual world comes from here.
 #[doc(hidden)]
 pub mod component_type {
     pub const PRE_TRANSFORM: &[u8] =

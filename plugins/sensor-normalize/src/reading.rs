@@ -106,9 +106,11 @@ pub fn resolve_device(
             ))
         }
         (Some(id), _) | (None, Some(id)) => id,
-        (None, None) => return Err(format!(
+        (None, None) => {
+            return Err(format!(
             "no device id: payload has no \"device\" and the topic has no capture {capture_index}"
-        )),
+        ))
+        }
     };
     if device.is_empty()
         || device.len() > 128
