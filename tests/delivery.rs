@@ -697,3 +697,172 @@ async fn mqtt5_user_properties_reach_the_dead_letter_envelope() {
     assert_eq!(by.get("good"), Some(&1));
     bridge.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_topic_order_holds_back_a_topic_but_not_the_others() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: pt, topic: "pt/+/in", function: f, ordering: per-topic, max_in_flight: 8, republish: {topic: "pt/{1}/out"}}"#,
+    );
+    let results = Collector::start(broker.port(), &["pt/+/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.hold(b"a-0");
+    let mut msgs = numbered("pt/a/in", "a", 0..3);
+    msgs.extend(numbered("pt/b/in", "b", 0..3));
+    publish_all(broker.port(), &msgs).await;
+    // Topic b is not held up by topic a.
+    wait_until(LONG, "topic b's results", || {
+        results.on("pt/b/out").len() >= 3
+    })
+    .await;
+    assert_eq!(
+        gw.calls_with(b"a-1") + gw.calls_with(b"a-2"),
+        0,
+        "a-1/a-2 ran before a-0 finished"
+    );
+    assert!(results.on("pt/a/out").is_empty());
+
+    gw.release();
+    wait_until(LONG, "topic a's results", || {
+        results.on("pt/a/out").len() >= 3
+    })
+    .await;
+    let out: Vec<Vec<u8>> = results
+        .on("pt/a/out")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(out, vec![b"a-0".to_vec(), b"a-1".to_vec(), b"a-2".to_vec()]);
+    let calls: Vec<Vec<u8>> = gw
+        .invocations()
+        .into_iter()
+        .map(|i| i.input)
+        .filter(|i| i.starts_with(b"a-"))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![b"a-0".to_vec(), b"a-1".to_vec(), b"a-2".to_vec()]
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_session_gets_the_subscriptions_again() {
+    // No persistence: after the restart the broker knows nothing of the bridge,
+    // which must subscribe again by itself (rumqttc does not).
+    let mut broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: rs, topic: "rs/in", function: f, republish: {topic: "rs/out"}}"#);
+    let bridge = start_in_process(&cfg).await;
+    publish_all(broker.port(), &numbered("rs/in", "before", 0..1)).await;
+    wait_acked(&bridge, 1).await;
+
+    tokio::task::block_in_place(|| broker.restart());
+    let results = Collector::start(broker.port(), &["rs/out"]).await;
+    // Probe until the bridge is subscribed again (bounded): before that, nobody
+    // is subscribed and the broker drops the probes.
+    let deadline = Instant::now() + LONG;
+    let mut i = 0;
+    while results.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never subscribed again"
+        );
+        publish_all(broker.port(), &numbered("rs/in", "probe", i..i + 1)).await;
+        i += 1;
+        common::wait::try_wait_until(Duration::from_millis(300), || results.count() > 0).await;
+    }
+    let msgs = numbered("rs/in", "after", 0..20);
+    publish_all(broker.port(), &msgs).await;
+    wait_until(LONG, "every message after the restart", || {
+        let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+        msgs.iter().all(|(_, p)| got.contains(p))
+    })
+    .await;
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_while_the_gateway_is_down_leaves_messages_for_the_next_start() {
+    let broker = Mosquitto::start();
+    let mut gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: gd, topic: "gd/in", function: f, ordering: none, republish: {topic: "gd/out"},
+            retry: {backoff: {initial: 50ms, max: 200ms, multiplier: 2}}}"#,
+    );
+    let results = Collector::start(broker.port(), &["gd/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.stop().await;
+    let msgs = numbered("gd/in", "g", 0..5);
+    publish_all(broker.port(), &msgs).await;
+    let m = bridge.metrics.route("gd");
+    wait_until(LONG, "every message failing", || {
+        bridge.metrics.totals().0 >= 5 && m.invoke_failures.load(Relaxed) >= 10
+    })
+    .await;
+    // Waiting for the gateway ends at the stop: no drain wait, no dead letter.
+    let stopping = Instant::now();
+    bridge.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(m.abandoned.load(Relaxed), 5);
+    assert_eq!(results.count(), 0);
+
+    gw.restart().await;
+    let bridge = start_in_process(&cfg).await;
+    results.wait_for_distinct(5, LONG).await;
+    let out: HashSet<Vec<u8>> = results
+        .on("gd/out")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(out, msgs.iter().map(|(_, p)| p.clone()).collect());
+    assert!(results.on("fxbridge/dead-letter/gd").is_empty());
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_drain_deadline_unfinished_messages_are_redelivered() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: dd, topic: "dd/in", function: f, ordering: none, republish: {topic: "dd/out"}}"#,
+    );
+    cfg.drain_timeout = "1s".into();
+    let results = Collector::start(broker.port(), &["dd/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.hold(b"slow");
+    publish_all(
+        broker.port(),
+        &[
+            msg("dd/in", b"fast-0"),
+            msg("dd/in", b"slow"),
+            msg("dd/in", b"fast-1"),
+        ],
+    )
+    .await;
+    results.wait_for("dd/out", b"fast-1", LONG).await;
+    results.wait_for("dd/out", b"fast-0", LONG).await;
+    wait_until(LONG, "the slow call in flight", || gw.in_flight() == 1).await;
+
+    let stopping = Instant::now();
+    bridge.stop().await.unwrap();
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "stop took {took:?} with a 1 s drain timeout"
+    );
+    assert!(results.on("dd/out").iter().all(|m| m.payload != b"slow"));
+
+    // The next start gets "slow" again (it was never acknowledged) and finishes it.
+    gw.release();
+    let bridge = start_in_process(&cfg).await;
+    results.wait_for("dd/out", b"slow", LONG).await;
+    assert_eq!(gw.calls_with(b"slow"), 2);
+    bridge.stop().await.unwrap();
+}
