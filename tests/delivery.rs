@@ -866,3 +866,45 @@ async fn past_the_drain_deadline_unfinished_messages_are_redelivered() {
     assert_eq!(gw.calls_with(b"slow"), 2);
     bridge.stop().await.unwrap();
 }
+
+/// A payload over `mqtt.max_packet_size` is dead-lettered without its payload and
+/// acknowledged, under both protocol versions.
+async fn oversize_is_dead_lettered(protocol: &str) {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: big, topic: "big/in", function: f, republish: {topic: "big/out"}}"#);
+    cfg.protocol = protocol.into();
+    cfg.max_packet_size = Some("1KiB".into());
+    let results = Collector::start(broker.port(), &["big/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let big = vec![b'x'; 4096];
+    publish_all(
+        broker.port(),
+        &[msg("big/in", &big), msg("big/in", b"small")],
+    )
+    .await;
+    results.wait_for("big/out", b"small", LONG).await;
+    wait_until(LONG, "the oversize dead letter", || {
+        !results.on("fxbridge/dead-letter/big").is_empty()
+    })
+    .await;
+    let dead = results.on("fxbridge/dead-letter/big");
+    let env: serde_json::Value = serde_json::from_slice(&dead[0].payload).unwrap();
+    assert_eq!(env["error_kind"], "oversize");
+    assert_eq!(env["payload_size"], big.len());
+    assert!(env["payload_base64"].is_null());
+    assert_eq!(gw.calls_with(&big), 0);
+    wait_acked(&bridge, 2).await;
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_is_dead_lettered_under_mqtt311() {
+    oversize_is_dead_lettered("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_is_dead_lettered_under_mqtt5() {
+    oversize_is_dead_lettered("5").await;
+}

@@ -30,6 +30,8 @@ pub struct BridgeConfig {
     pub gateway_url: String,
     pub gateway_timeout: String,
     pub max_pending: usize,
+    /// `mqtt.max_packet_size`, e.g. `"1KiB"`; the bridge's default when `None`.
+    pub max_packet_size: Option<String>,
     pub drain_timeout: String,
     pub admin_port: Option<u16>,
     /// Each route as one YAML flow mapping, e.g.
@@ -48,6 +50,7 @@ impl BridgeConfig {
             gateway_url: gateway_url.into(),
             gateway_timeout: "10s".into(),
             max_pending: 1000,
+            max_packet_size: None,
             drain_timeout: "10s".into(),
             admin_port: None,
             routes: Vec::new(),
@@ -76,6 +79,13 @@ impl BridgeConfig {
             gwt = self.gateway_timeout,
             drain = self.drain_timeout,
         );
+        if let Some(size) = &self.max_packet_size {
+            y = y.replacen(
+                "gateway:\n",
+                &format!("  max_packet_size: {size}\ngateway:\n"),
+                1,
+            );
+        }
         if let Some(p) = self.admin_port {
             y.push_str(&format!("admin:\n  listen: 127.0.0.1:{p}\n"));
         }
