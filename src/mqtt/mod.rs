@@ -232,8 +232,13 @@ pub fn connect(cfg: &Config, role: Role, capacity: usize) -> Result<(Client, Con
                 .set_request_channel_capacity(capacity)
                 .set_connection_timeout(timeout_secs)
                 .set_transport(transport);
-            // Advertised to the broker, which then does not send larger messages.
-            o.set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
+            // Advertised to the broker and enforced by rumqttc when reading. A
+            // broker discards (without a trace) a message larger than what the
+            // client advertises (MQTT-3.1.2-25), so advertising
+            // `mqtt.max_packet_size` would lose oversize messages instead of
+            // dead-lettering them. As under 3.1.1, accept MQTT's largest packet;
+            // the pipeline dead-letters what exceeds `max_packet_size`.
+            o.set_max_packet_size(Some(u32::try_from(MQTT_MAX_PACKET).unwrap_or(u32::MAX)));
             if persistent {
                 let secs = u32::try_from(m.session_expiry.as_secs()).unwrap_or(u32::MAX);
                 o.set_session_expiry_interval(Some(secs));
