@@ -13,6 +13,15 @@ use super::wait::{unique, wait_until};
 /// Publishes every `(topic, payload)` at QoS 1 over a fresh connection and
 /// returns once the broker has acknowledged all of them (at most 30 s).
 pub async fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
+    publish_all_qos(port, msgs, QoS::AtLeastOnce).await;
+}
+
+/// Like [`publish_all`] at `qos` (1: until every PUBACK; 2: every PUBCOMP).
+pub async fn publish_all_qos(port: u16, msgs: &[(String, Vec<u8>)], qos: QoS) {
+    assert!(
+        qos != QoS::AtMostOnce,
+        "QoS 0 has no confirmation to wait for"
+    );
     if msgs.is_empty() {
         return;
     }
@@ -22,7 +31,7 @@ pub async fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
     let (client, mut eventloop) = AsyncClient::new(opts, msgs.len() + 10);
     for (topic, payload) in msgs {
         client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .try_publish(topic.clone(), qos, false, payload.clone())
             .expect("queue publish");
     }
     let want = msgs.len();
@@ -30,7 +39,8 @@ pub async fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
         let mut acked = 0usize;
         while acked < want {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(Event::Incoming(Packet::PubAck(_))) if qos == QoS::AtLeastOnce => acked += 1,
+                Ok(Event::Incoming(Packet::PubComp(_))) if qos == QoS::ExactlyOnce => acked += 1,
                 Ok(_) => {}
                 Err(e) => panic!("publisher lost the broker after {acked}/{want} PUBACKs: {e}"),
             }
