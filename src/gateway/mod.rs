@@ -95,8 +95,24 @@ impl Gateway {
         });
         request.set_timeout(deadline);
         let mut client = self.client.clone();
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(deadline, client.invoke(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner().msg),
+            // A server that enforces `grpc-timeout` itself (tonic does) ends the
+            // expired call with CANCELLED, which retry policies do not list: for
+            // the bridge it is its deadline that passed.
+            Ok(Err(status))
+                if status.code() == Code::Cancelled && started.elapsed() >= deadline =>
+            {
+                Err(Status::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "no reply within {} ({})",
+                        humantime::format_duration(deadline),
+                        status.message()
+                    ),
+                ))
+            }
             Ok(Err(status)) => Err(status),
             Err(_) => Err(Status::new(
                 Code::DeadlineExceeded,
