@@ -285,15 +285,23 @@ impl Client {
     /// Queues SUBSCRIBE packets and returns how many. Under MQTT 5 each filter
     /// gets its own packet, because a subscription identifier applies to a whole
     /// packet.
+    ///
+    /// Subscriptions are made at QoS 1 at most: the bridge's guarantee is at
+    /// least once, and rumqttc cannot resume an inbound QoS 2 handshake. It
+    /// forgets the packet ids of received QoS 2 messages on every disconnect,
+    /// treats the PUBREL the broker resends on the resumed session as
+    /// unsolicited and drops the connection, forever. A message published at
+    /// QoS 2 reaches the bridge at QoS 1.
     pub fn try_subscribe(&self, subs: &[Subscription]) -> Result<usize> {
         if subs.is_empty() {
             return Ok(0);
         }
+        let qos = |s: &Subscription| s.qos.min(QoS::AtLeastOnce);
         match self {
             Client::V4(c) => c
                 .try_subscribe_many(
                     subs.iter()
-                        .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), to_v4(s.qos))),
+                        .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), to_v4(qos(s)))),
                 )
                 .map(|()| 1)
                 .context("cannot queue SUBSCRIBE"),
@@ -303,7 +311,7 @@ impl Client {
                         id: Some(s.id),
                         user_properties: Vec::new(),
                     };
-                    c.try_subscribe_with_properties(s.filter.clone(), to_v5(s.qos), props)
+                    c.try_subscribe_with_properties(s.filter.clone(), to_v5(qos(s)), props)
                         .context("cannot queue SUBSCRIBE")?;
                 }
                 Ok(subs.len())
