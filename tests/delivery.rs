@@ -475,12 +475,22 @@ async fn a_gateway_outage_delays_messages_but_loses_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_loses_nothing() {
+    broker_restart_mid_stream("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing_mqtt5() {
+    broker_restart_mid_stream("5").await;
+}
+
+async fn broker_restart_mid_stream(protocol: &str) {
     let mut broker = Mosquitto::start_persistent();
     let gw = TestGateway::start().await;
     gw.delay_all(Duration::from_millis(5));
-    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
         r#"{name: br, topic: "brk/+/in", function: f, ordering: none, max_in_flight: 8, republish: {topic: "brk/{1}/out"}}"#,
     );
+    cfg.protocol = protocol.into();
     let collector_id = common::wait::unique("collector");
     let results = Collector::start_persistent(broker.port(), &collector_id, &["brk/+/out"]).await;
     let bridge = start_in_process(&cfg).await;
@@ -512,7 +522,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     let answered = gw.answered_inputs();
     assert!(want.is_subset(&answered), "some message was never invoked");
     println!(
-        "sent {}, invocations {}, distinct invoked {}, results {}, duplicate results {}",
+        "broker restart (MQTT {protocol}): sent {}, invocations {}, distinct invoked {}, results {}, duplicate results {}",
         want.len(),
         gw.calls(),
         answered.len(),

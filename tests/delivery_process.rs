@@ -21,6 +21,15 @@ const LONG: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_loses_no_qos1_message() {
+    sigkill_mid_stream("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_loses_no_qos1_message_mqtt5() {
+    sigkill_mid_stream("5").await;
+}
+
+async fn sigkill_mid_stream(protocol: &str) {
     let broker = Mosquitto::start();
     let gw = TestGateway::start().await;
     gw.delay_all(Duration::from_millis(5));
@@ -29,6 +38,7 @@ async fn sigkill_mid_stream_then_restart_loses_no_qos1_message() {
         r#"{name: k, topic: "kill/+/in", function: f, ordering: none, max_in_flight: 16, republish: {topic: "kill/{1}/out"}}"#,
     );
     cfg.admin_port = Some(admin);
+    cfg.protocol = protocol.into();
     let file = ConfigFile::with(&cfg.to_yaml());
     let results = Collector::start(broker.port(), &["kill/+/out"]).await;
 
@@ -63,7 +73,7 @@ async fn sigkill_mid_stream_then_restart_loses_no_qos1_message() {
     let missing: Vec<_> = sent.difference(&answered).collect();
     assert!(missing.is_empty(), "never invoked: {missing:?}");
     println!(
-        "SIGKILL test: sent {}, results before the kill {}, invocations {}, distinct invoked {}, \
+        "SIGKILL test (MQTT {protocol}): sent {}, results before the kill {}, invocations {}, distinct invoked {}, \
          duplicate invocations {}, results {}, duplicate results {}",
         sent.len(),
         at_kill,
