@@ -510,15 +510,18 @@ async fn broker_restart_mid_stream(protocol: &str) {
 
     let all: Vec<_> = first.iter().chain(&second).collect();
     let want: HashSet<Vec<u8>> = all.iter().map(|(_, p)| p.clone()).collect();
-    wait_until(
-        Duration::from_secs(60),
-        "every result after the broker restart",
-        || {
-            let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
-            want.is_subset(&got)
-        },
-    )
+    let complete = common::wait::try_wait_until(Duration::from_secs(60), || {
+        let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+        want.is_subset(&got)
+    })
     .await;
+    let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+    assert!(
+        complete,
+        "{} of {} messages never republished (lost)",
+        want.difference(&got).count(),
+        want.len()
+    );
     let answered = gw.answered_inputs();
     assert!(want.is_subset(&answered), "some message was never invoked");
     println!(

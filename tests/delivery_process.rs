@@ -60,15 +60,18 @@ async fn sigkill_mid_stream(protocol: &str) {
         .chain(&second)
         .map(|(_, p)| p.clone())
         .collect();
-    wait_until(
-        Duration::from_secs(60),
-        "every message republished after the restart",
-        || {
-            let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
-            sent.is_subset(&got)
-        },
-    )
+    let complete = common::wait::try_wait_until(Duration::from_secs(60), || {
+        let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+        sent.is_subset(&got)
+    })
     .await;
+    let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+    assert!(
+        complete,
+        "{} of {} messages never republished (lost)",
+        sent.difference(&got).count(),
+        sent.len()
+    );
     let answered = gw.answered_inputs();
     let missing: Vec<_> = sent.difference(&answered).collect();
     assert!(missing.is_empty(), "never invoked: {missing:?}");

@@ -17,6 +17,29 @@
 //!   [`bridge::start_in_process`], and [`bridge::BridgeProcess`] (the real binary:
 //!   SIGKILL, SIGTERM, log lines, admin endpoint).
 //! - [`wait`]: [`wait::wait_until`] (bounded polling) and [`wait::free_port`].
+//!
+//! A typical test against the binary (hot-reload tests rewrite the file while it runs):
+//!
+//! ```ignore
+//! let broker = Mosquitto::start();
+//! let gw = TestGateway::start().await;
+//! let admin = free_port();
+//! let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+//!     .route(r#"{name: a, topic: "s/+/in", function: echo, republish: {topic: "s/{1}/out"}}"#);
+//! cfg.admin_port = Some(admin);
+//! let file = ConfigFile::with(&cfg.to_yaml());
+//! let results = Collector::start(broker.port(), &["s/+/out"]).await;
+//! let bridge = BridgeProcess::spawn(file.path());
+//! bridge.wait_ready(admin, Duration::from_secs(30)).await;
+//! publish_all(broker.port(), &[("s/1/in".into(), b"hi".to_vec())]).await;
+//! results.wait_for("s/1/out", b"hi", Duration::from_secs(20)).await;
+//! file.write(&cfg.route(r#"{name: b, ...}"#).to_yaml()); // atomic replace
+//! ```
+//!
+//! In-process tests use [`start_in_process`] and `Bridge::stop` instead, and can
+//! read `bridge.metrics` directly. Notes: mosquitto sends at most
+//! [`mosquitto::MAX_INFLIGHT`] unacknowledged messages to a client; the proxy
+//! understands MQTT 3.1.1 only.
 #![allow(dead_code, unused_imports)]
 
 pub mod bridge;
