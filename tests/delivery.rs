@@ -1020,3 +1020,50 @@ async fn qos2_routes_keep_working_across_a_restart() {
     assert_eq!(results.count(), 21);
     bridge.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_max_concurrent_caps_calls_across_routes() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: c1, topic: "cc/1", function: f, ordering: none, max_in_flight: 4, republish: {topic: "cc/out"}}"#)
+        .route(r#"{name: c2, topic: "cc/2", function: f, ordering: none, max_in_flight: 4, republish: {topic: "cc/out"}}"#);
+    cfg.gateway_max_concurrent = Some(3);
+    let results = Collector::start(broker.port(), &["cc/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let mut msgs = numbered("cc/1", "one", 0..6);
+    msgs.extend(numbered("cc/2", "two", 0..6));
+    for (_, p) in &msgs {
+        gw.hold(p);
+    }
+    publish_all(broker.port(), &msgs).await;
+    wait_until(LONG, "three calls in flight", || gw.in_flight() == 3).await;
+    // Eight jobs run (4 per route) but only three calls reach the gateway.
+    wait_until(LONG, "every job started", || {
+        bridge.metrics.route("c1").messages.load(Relaxed) == 4
+            && bridge.metrics.route("c2").messages.load(Relaxed) == 4
+    })
+    .await;
+    assert_eq!(gw.calls(), 3);
+    gw.release();
+    results.wait_for_distinct(12, LONG).await;
+    assert_eq!(gw.max_in_flight(), 3);
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republish_retain_is_honoured() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: rt, topic: "rt/+/in", function: f, republish: {topic: "rt/{1}/state", retain: true}}"#,
+    );
+    let bridge = start_in_process(&cfg).await;
+    publish_all(broker.port(), &[msg("rt/d1/in", b"on")]).await;
+    wait_acked(&bridge, 1).await;
+    // A subscriber that comes later gets the retained result.
+    let late = Collector::start(broker.port(), &["rt/+/state"]).await;
+    late.wait_for("rt/d1/state", b"on", LONG).await;
+    assert!(late.on("rt/d1/state")[0].retain);
+    bridge.stop().await.unwrap();
+}

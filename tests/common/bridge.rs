@@ -29,6 +29,8 @@ pub struct BridgeConfig {
     pub protocol: String,
     pub gateway_url: String,
     pub gateway_timeout: String,
+    /// `gateway.max_concurrent`; the bridge's default when `None`.
+    pub gateway_max_concurrent: Option<usize>,
     pub max_pending: usize,
     /// `mqtt.max_packet_size`, e.g. `"1KiB"`; the bridge's default when `None`.
     pub max_packet_size: Option<String>,
@@ -49,6 +51,7 @@ impl BridgeConfig {
             protocol: "3.1.1".into(),
             gateway_url: gateway_url.into(),
             gateway_timeout: "10s".into(),
+            gateway_max_concurrent: None,
             max_pending: 1000,
             max_packet_size: None,
             drain_timeout: "10s".into(),
@@ -79,6 +82,13 @@ impl BridgeConfig {
             gwt = self.gateway_timeout,
             drain = self.drain_timeout,
         );
+        if let Some(n) = self.gateway_max_concurrent {
+            y = y.replacen(
+                "shutdown:\n",
+                &format!("  max_concurrent: {n}\nshutdown:\n"),
+                1,
+            );
+        }
         if let Some(size) = &self.max_packet_size {
             y = y.replacen(
                 "gateway:\n",
