@@ -85,12 +85,13 @@ impl Metrics {
         self.subscription_refused.fetch_add(1, Relaxed);
     }
 
-    /// Records the outcome of a reload; `Err` holds the whole error text.
-    pub fn reload(&self, outcome: Result<(), String>) {
+    /// Records the outcome of a reload: `Ok` holds what changed, `Err` the whole
+    /// error text.
+    pub fn reload(&self, outcome: Result<String, String>) {
         let status = match outcome {
-            Ok(()) => {
+            Ok(summary) => {
                 self.reloads_ok.fetch_add(1, Relaxed);
-                "ok".to_string()
+                format!("ok: {summary}")
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Relaxed);

@@ -35,13 +35,27 @@ impl TransformError {
     }
 }
 
+/// The process's WebAssembly engine (placeholder).
+pub struct PluginHost {
+    _private: (),
+}
+
+impl PluginHost {
+    pub fn new(_cfg: &crate::config::PluginsConfig) -> anyhow::Result<Arc<PluginHost>> {
+        Ok(Arc::new(PluginHost { _private: () }))
+    }
+}
+
 /// One route's transform.
 pub struct RouteTransform {
     _private: (),
 }
 
 impl RouteTransform {
-    pub fn load() -> anyhow::Result<Arc<RouteTransform>> {
+    pub async fn for_route(
+        _host: &Arc<PluginHost>,
+        _route: &crate::config::Route,
+    ) -> anyhow::Result<Arc<RouteTransform>> {
         anyhow::bail!("WebAssembly transforms are not available in this build yet")
     }
     pub fn has_before(&self) -> bool {
