@@ -1,0 +1,868 @@
+//! Delivery tests (issue #2) with the bridge running in the test process
+//! (`Bridge::start`/`stop`) against a real mosquitto, a real gRPC gateway and
+//! real MQTT clients: routing and templates, shared subscriptions, retries and
+//! dead letters, binary payloads, PUBACK order on the wire, gateway outages,
+//! broker restarts, backpressure and MQTT 5 properties.
+//!
+//! Every wait is a bounded poll for a condition; nothing sleeps and hopes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::bridge::metric;
+use common::mqtt::numbered;
+use common::proxy::{MqttProxy, Seen};
+use common::{
+    publish_all, start_in_process, wait_until, BridgeConfig, Collector, Mosquitto, TestGateway,
+};
+use tonic::Code;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn msg(topic: &str, payload: &[u8]) -> (String, Vec<u8>) {
+    (topic.to_string(), payload.to_vec())
+}
+
+/// Waits until the bridge has acknowledged `n` messages to the broker.
+async fn wait_acked(bridge: &fxbridge::bridge::Bridge, n: u64) {
+    let what = format!("{n} acknowledged messages");
+    wait_until(LONG, &what, || bridge.metrics.totals().1 >= n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_route_to_each_matching_route_and_templates_use_captures() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: temps, topic: "wild/+/temp/#", function: fn-temps, republish: {topic: "out/{1}/{2}"}}"#)
+        .route(r#"{name: hum, topic: "wild/+/humidity", function: fn-hum, republish: {topic: "copy/{route}/{topic}"}}"#);
+    let results = Collector::start(broker.port(), &["out/#", "copy/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+
+    publish_all(
+        broker.port(),
+        &[
+            msg("wild/dev1/temp/a/b", b"m1"),
+            msg("wild/dev2/temp/c", b"m2"),
+            msg("wild/dev1/humidity", b"m3"),
+            msg("other/dev3/temp/x", b"m4"),    // no route
+            msg("wild/dev4/humidity/x", b"m5"), // + is one level only
+        ],
+    )
+    .await;
+    wait_acked(&bridge, 3).await;
+    results.wait_for_distinct(3, LONG).await;
+
+    let got: HashSet<(String, Vec<u8>)> = results
+        .messages()
+        .into_iter()
+        .map(|m| (m.topic, m.payload))
+        .collect();
+    let want: HashSet<(String, Vec<u8>)> = [
+        msg("out/dev1/a/b", b"m1"),
+        msg("out/dev2/c", b"m2"),
+        msg("copy/hum/wild/dev1/humidity", b"m3"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(results.duplicates(), 0);
+    let mut calls: Vec<(String, Vec<u8>)> = gw
+        .invocations()
+        .into_iter()
+        .map(|i| (i.function, i.input))
+        .collect();
+    calls.sort();
+    assert_eq!(
+        calls,
+        vec![
+            msg("fn-hum", b"m3"),
+            msg("fn-temps", b"m1"),
+            msg("fn-temps", b"m2")
+        ]
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_routes_each_process_a_message() {
+    // Two routes whose filters both match one topic: each route runs once per
+    // delivery. (Under MQTT 3.1.1 mosquitto sends one copy per matching
+    // subscription, so this counts deliveries too.)
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: a, topic: "lap/+/x", function: fa, republish: {topic: "lap-out/a/{1}"}}"#)
+        .route(r#"{name: b, topic: "lap/#", function: fb, republish: {topic: "lap-out/b/{1}"}}"#);
+    let results = Collector::start(broker.port(), &["lap-out/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    publish_all(broker.port(), &[msg("lap/d1/x", b"both")]).await;
+    results.wait_for_distinct(2, LONG).await;
+    wait_until(LONG, "every delivery acknowledged", || {
+        let (received, acked) = bridge.metrics.totals();
+        received >= 1 && acked == received
+    })
+    .await;
+    let (received, _) = bridge.metrics.totals();
+    let by_fn = |f: &str| gw.invocations().iter().filter(|i| i.function == f).count();
+    println!(
+        "deliveries from the broker: {received}; fa: {}, fb: {}, republished: {}",
+        by_fn("fa"),
+        by_fn("fb"),
+        results.count()
+    );
+    assert!(results
+        .messages()
+        .iter()
+        .any(|m| m.topic == "lap-out/a/d1" && m.payload == b"both"));
+    assert!(results
+        .messages()
+        .iter()
+        .any(|m| m.topic == "lap-out/b/d1/x" && m.payload == b"both"));
+    // Each route processes each delivery once.
+    assert_eq!(by_fn("fa") as u64, received);
+    assert_eq!(by_fn("fb") as u64, received);
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_processes_each_message_once_across_two_bridges() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let route = r#"{name: shared, topic: "$share/grp/sh/+/in", function: f, republish: {topic: "sh/{1}/out"}}"#;
+    let cfg1 = BridgeConfig::new(broker.port(), &gw.url()).route(route);
+    let cfg2 = BridgeConfig::new(broker.port(), &gw.url()).route(route);
+    assert_ne!(cfg1.client_id, cfg2.client_id);
+    let results = Collector::start(broker.port(), &["sh/+/out"]).await;
+    let b1 = start_in_process(&cfg1).await;
+    let b2 = start_in_process(&cfg2).await;
+
+    let n = 40;
+    let msgs: Vec<_> = (0..n)
+        .map(|i| msg(&format!("sh/d{}/in", i % 4), format!("s-{i}").as_bytes()))
+        .collect();
+    publish_all(broker.port(), &msgs).await;
+    results.wait_for_distinct(n, LONG).await;
+    wait_until(LONG, "both bridges acknowledged everything", || {
+        b1.metrics.totals().1 + b2.metrics.totals().1 >= n as u64
+    })
+    .await;
+
+    let (r1, r2) = (b1.metrics.totals().0, b2.metrics.totals().0);
+    println!("bridge 1 received {r1}, bridge 2 received {r2}");
+    assert_eq!(r1 + r2, n as u64, "the group received each message once");
+    assert!(r1 > 0 && r2 > 0, "the broker shares the group: {r1} / {r2}");
+    assert_eq!(gw.calls(), n, "each message invoked once by the group");
+    assert_eq!(gw.answered_inputs().len(), n);
+    assert_eq!(results.count(), n, "no duplicate republish");
+    b1.stop().await.unwrap();
+    b2.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_invokes_are_retried_until_they_succeed() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    // attempts: 3 counts INTERNAL failures only; UNAVAILABLE waits without using them.
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: r, topic: "retry/in", function: f, republish: {topic: "retry/out"},
+            retry: {attempts: 3, backoff: {initial: 10ms, max: 50ms, multiplier: 2}}}"#,
+    );
+    let results = Collector::start(broker.port(), &["retry/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.fail_next(4, Code::Unavailable);
+    gw.fail_next(2, Code::Internal);
+    publish_all(broker.port(), &[msg("retry/in", b"try-me")]).await;
+    results.wait_for("retry/out", b"try-me", LONG).await;
+    wait_acked(&bridge, 1).await;
+
+    let calls = gw.invocations();
+    let codes: Vec<Option<Code>> = calls.iter().map(|c| c.failed).collect();
+    let mut want = vec![Some(Code::Unavailable); 4];
+    want.extend([Some(Code::Internal), Some(Code::Internal), None]);
+    assert_eq!(codes, want);
+    assert!(calls.iter().all(|c| c.input == b"try-me"));
+    assert_eq!(results.count(), 1, "one result, no dead letter");
+    let m = bridge.metrics.route("r");
+    assert_eq!(m.retries.load(Relaxed), 6);
+    assert_eq!(m.dead_letters.load(Relaxed), 0);
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_dead_letter_the_message_and_acknowledge_it() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: dl, topic: "dl/+/in", function: fails, republish: {topic: "dl/{1}/out"},
+            retry: {attempts: 3, backoff: {initial: 10ms, max: 50ms, multiplier: 2}},
+            dead_letter: "dead/{route}/{1}"}"#,
+    );
+    let results = Collector::start(broker.port(), &["dead/#", "dl/+/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.fail_next(1000, Code::Internal);
+    let payload: &[u8] = &[0xff, 0x00, b'x', 0xfe];
+    let before = std::time::SystemTime::now();
+    publish_all(broker.port(), &[msg("dl/dev7/in", payload)]).await;
+    wait_until(LONG, "a dead letter", || {
+        !results.on("dead/dl/dev7").is_empty()
+    })
+    .await;
+    wait_acked(&bridge, 1).await;
+
+    let dead = results.on("dead/dl/dev7");
+    assert_eq!(dead.len(), 1);
+    let env: serde_json::Value = serde_json::from_slice(&dead[0].payload).unwrap();
+    assert_eq!(env["route"], "dl");
+    assert_eq!(env["function"], "fails");
+    assert_eq!(env["topic"], "dl/dev7/in");
+    assert_eq!(
+        env["payload_base64"],
+        base64::engine::general_purpose::STANDARD.encode(payload)
+    );
+    assert_eq!(env["payload_size"], payload.len());
+    assert_eq!(env["qos"], 1);
+    assert_eq!(env["retain"], false);
+    assert_eq!(env["error_kind"], "gateway");
+    assert_eq!(env["grpc_code"], "INTERNAL");
+    assert_eq!(env["attempts"], 3);
+    let error = env["error"].as_str().unwrap();
+    assert!(
+        error.contains("INTERNAL") && error.contains("fails"),
+        "{error}"
+    );
+    let ts = humantime::parse_rfc3339(env["timestamp"].as_str().unwrap()).unwrap();
+    assert!(ts >= before - Duration::from_secs(1) && ts <= std::time::SystemTime::now());
+    assert_eq!(gw.calls_with(payload), 3, "exactly `attempts` calls");
+    assert!(results.on("dl/dev7/out").is_empty(), "nothing republished");
+    bridge.stop().await.unwrap();
+
+    // Same client id again: the dead-lettered source was acknowledged, so the
+    // broker does not redeliver it. A marker published afterwards comes through
+    // (any redelivery would have come first).
+    gw.clear_failures();
+    let bridge = start_in_process(&cfg).await;
+    publish_all(broker.port(), &[msg("dl/dev7/in", b"marker")]).await;
+    results.wait_for("dl/dev7/out", b"marker", LONG).await;
+    wait_acked(&bridge, 1).await;
+    assert_eq!(
+        gw.calls_with(payload),
+        3,
+        "the dead-lettered message came back"
+    );
+    assert_eq!(results.on("dead/dl/dev7").len(), 1);
+    assert_eq!(bridge.metrics.totals().0, 1, "only the marker was received");
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_reach_the_gateway_byte_exact_and_come_back_as_msg() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: bin, topic: "bin/+/in", function: echo, republish: {topic: "bin/{1}/out"}}"#,
+    );
+    let results = Collector::start(broker.port(), &["bin/+/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ascii", b"hello".to_vec()),
+        ("empty", Vec::new()),
+        ("multibyte", "grüße ✓ 温度".as_bytes().to_vec()),
+        ("binary", vec![0xff, 0xfe, 0x00, 0x80, b'a', 0xc3]),
+    ];
+    let msgs: Vec<_> = cases
+        .iter()
+        .map(|(name, p)| msg(&format!("bin/{name}/in"), p))
+        .collect();
+    publish_all(broker.port(), &msgs).await;
+    results.wait_for_distinct(cases.len(), LONG).await;
+
+    // The gateway saw every input exactly as published.
+    let mut inputs: Vec<Vec<u8>> = gw.invocations().into_iter().map(|i| i.input).collect();
+    inputs.sort();
+    let mut want: Vec<Vec<u8>> = cases.iter().map(|(_, p)| p.clone()).collect();
+    want.sort();
+    assert_eq!(inputs, want);
+    // `Msg` is a protobuf string: the echo of UTF-8 (and of nothing) is the input;
+    // the echo of non-UTF-8 is its lossy rendering, republished as UTF-8.
+    for (name, p) in &cases {
+        let out = results.on(&format!("bin/{name}/out"));
+        assert_eq!(out.len(), 1, "{name}");
+        let expected = String::from_utf8_lossy(p).into_owned().into_bytes();
+        assert_eq!(out[0].payload, expected, "{name}");
+        if std::str::from_utf8(p).is_ok() {
+            assert_eq!(&out[0].payload, p, "{name} passes through unchanged");
+        }
+    }
+    bridge.stop().await.unwrap();
+}
+
+/// Packet ids of the PUBLISHes (on `topic`) and PUBACKs of connection `conn`.
+fn wire(seen: &[Seen], conn: usize, topic: &str) -> (Vec<(u16, Vec<u8>)>, Vec<u16>) {
+    let mut publishes = Vec::new();
+    let mut acks = Vec::new();
+    for s in seen {
+        match s {
+            Seen::Publish {
+                conn: c,
+                pkid,
+                topic: t,
+                payload,
+            } if *c == conn && t == topic => publishes.push((*pkid, payload.clone())),
+            Seen::PubAck { conn: c, pkid } if *c == conn => acks.push(*pkid),
+            _ => {}
+        }
+    }
+    (publishes, acks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_leave_in_publish_order_although_work_finishes_out_of_order() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let proxy = MqttProxy::start(broker.port()).await;
+    let cfg = BridgeConfig::new(proxy.port(), &gw.url()).route(
+        r#"{name: ord, topic: "ord/in", function: f, ordering: none, max_in_flight: 16, republish: {topic: "ord/out"}}"#,
+    );
+    let results = Collector::start(broker.port(), &["ord/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let conns = proxy.connections_of(&cfg.client_id);
+    assert_eq!(
+        conns.len(),
+        1,
+        "one subscriber connection: {:?}",
+        proxy.seen()
+    );
+    let conn = conns[0];
+
+    let n = 8;
+    let k = 2; // held at the gateway while the later ones finish
+    let held = format!("m-{k}").into_bytes();
+    gw.hold(&held);
+    publish_all(broker.port(), &numbered("ord/in", "m", 0..n)).await;
+    let later: Vec<Vec<u8>> = (0..n)
+        .filter(|i| *i != k)
+        .map(|i| format!("m-{i}").into_bytes())
+        .collect();
+    wait_until(LONG, "every message but the held one republished", || {
+        let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+        later.iter().all(|p| got.contains(p))
+    })
+    .await;
+    // The ones before k are acknowledged; k and everything after it wait for k.
+    wait_until(LONG, "the PUBACKs before the held message", || {
+        wire(&proxy.seen(), conn, "ord/in").1.len() >= k
+    })
+    .await;
+    let (publishes, acks) = wire(&proxy.seen(), conn, "ord/in");
+    assert_eq!(publishes.len(), n);
+    let order: Vec<u16> = publishes.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        acks,
+        order[..k].to_vec(),
+        "while message {k} is held, only the ones before it may be acknowledged"
+    );
+    assert_eq!(gw.calls(), n, "all ran concurrently");
+
+    gw.release();
+    wait_until(LONG, "every PUBACK", || {
+        wire(&proxy.seen(), conn, "ord/in").1.len() >= n
+    })
+    .await;
+    let (publishes, acks) = wire(&proxy.seen(), conn, "ord/in");
+    let payloads: Vec<Vec<u8>> = publishes.iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(
+        payloads,
+        numbered("ord/in", "m", 0..n)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(acks, order, "PUBACKs in PUBLISH order");
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_outage_delays_messages_but_loses_none() {
+    let broker = Mosquitto::start();
+    let mut gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: out, topic: "outage/+/in", function: f, ordering: none, max_in_flight: 64,
+            republish: {topic: "outage/{1}/out"},
+            retry: {attempts: 2, backoff: {initial: 50ms, max: 300ms, multiplier: 2}}}"#,
+    );
+    let results =
+        Collector::start(broker.port(), &["outage/+/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.stop().await;
+
+    let n = 30;
+    let msgs: Vec<_> = (0..n)
+        .map(|i| {
+            msg(
+                &format!("outage/d{}/in", i % 3),
+                format!("o-{i}").as_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port(), &msgs).await;
+    let m = bridge.metrics.route("out");
+    // Every message the bridge holds has failed more than `attempts` times:
+    // UNAVAILABLE does not use them up.
+    // mosquitto sends at most MAX_INFLIGHT unacknowledged messages to a client;
+    // the rest wait in the bridge's session at the broker.
+    let window = n.min(common::mosquitto::MAX_INFLIGHT) as u64;
+    let failing = common::wait::try_wait_until(LONG, || {
+        bridge.metrics.totals().0 >= window && m.invoke_failures.load(Relaxed) >= 3 * window
+    })
+    .await;
+    assert!(
+        failing,
+        "not every message failing against the stopped gateway: {}",
+        bridge.metrics.render()
+    );
+    // The outage lasts a few seconds while the bridge keeps retrying.
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(results.count(), 0);
+    gw.restart().await;
+    results.wait_for_distinct(n, Duration::from_secs(30)).await;
+    wait_acked(&bridge, n as u64).await;
+    println!(
+        "outage {:?}; failed calls {}, answered calls {}",
+        down.elapsed(),
+        m.invoke_failures.load(Relaxed),
+        gw.calls()
+    );
+    let answered = gw.answered_inputs();
+    for (_, p) in &msgs {
+        assert!(
+            answered.contains(p),
+            "{:?} never invoked",
+            String::from_utf8_lossy(p)
+        );
+    }
+    assert!(results.on("fxbridge/dead-letter/out").is_empty());
+    assert_eq!(m.dead_letters.load(Relaxed), 0);
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing() {
+    let mut broker = Mosquitto::start_persistent();
+    let gw = TestGateway::start().await;
+    gw.delay_all(Duration::from_millis(5));
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: br, topic: "brk/+/in", function: f, ordering: none, max_in_flight: 8, republish: {topic: "brk/{1}/out"}}"#,
+    );
+    let collector_id = common::wait::unique("collector");
+    let results = Collector::start_persistent(broker.port(), &collector_id, &["brk/+/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+
+    let first: Vec<_> = (0..150)
+        .map(|i| msg(&format!("brk/d{}/in", i % 5), format!("b-{i}").as_bytes()))
+        .collect();
+    publish_all(broker.port(), &first).await;
+    results.wait_for_distinct(20, LONG).await;
+    let before = results.distinct();
+    tokio::task::block_in_place(|| broker.restart());
+    println!("broker restarted after {before} results");
+    let second: Vec<_> = (150..300)
+        .map(|i| msg(&format!("brk/d{}/in", i % 5), format!("b-{i}").as_bytes()))
+        .collect();
+    publish_all(broker.port(), &second).await;
+
+    let all: Vec<_> = first.iter().chain(&second).collect();
+    let want: HashSet<Vec<u8>> = all.iter().map(|(_, p)| p.clone()).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "every result after the broker restart",
+        || {
+            let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+            want.is_subset(&got)
+        },
+    )
+    .await;
+    let answered = gw.answered_inputs();
+    assert!(want.is_subset(&answered), "some message was never invoked");
+    println!(
+        "sent {}, invocations {}, distinct invoked {}, results {}, duplicate results {}",
+        want.len(),
+        gw.calls(),
+        answered.len(),
+        results.count(),
+        results.duplicates()
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_bounds_what_the_bridge_holds() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let max_pending = 4;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: bp, topic: "bp/in", function: f, ordering: none, max_in_flight: 2, republish: {topic: "bp/out"}}"#,
+    );
+    cfg.max_pending = max_pending;
+    let results = Collector::start(broker.port(), &["bp/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let n = 20;
+    let msgs = numbered("bp/in", "p", 0..n);
+    for (_, p) in &msgs {
+        gw.hold(p);
+    }
+    publish_all(broker.port(), &msgs).await;
+    // Nothing finishes while the gateway holds every call: the bridge takes
+    // `max_pending` messages (plus the one waiting for room) and stops reading.
+    wait_until(LONG, "the bridge full", || {
+        bridge.metrics.totals().0 >= max_pending as u64 && gw.in_flight() == 2
+    })
+    .await;
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(1) {
+        let (received, _) = bridge.metrics.totals();
+        assert!(
+            received <= max_pending as u64 + 1,
+            "received {received} with {max_pending} pending allowed"
+        );
+        assert!(gw.in_flight() <= 2, "{} calls at once", gw.in_flight());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.calls(), 2, "max_in_flight caps concurrent calls");
+
+    gw.release();
+    results.wait_for_distinct(n, LONG).await;
+    wait_acked(&bridge, n as u64).await;
+    assert_eq!(gw.max_in_flight(), 2);
+    let page = bridge.metrics.render();
+    let paused = metric(&page, "backpressure_total").unwrap();
+    assert!(paused > 0, "reading paused at the limit:\n{page}");
+    bridge.stop().await.unwrap();
+}
+
+mod v5 {
+    //! A minimal MQTT 5 client for the protocol test.
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    #[derive(Debug, Clone)]
+    pub struct Got {
+        pub topic: String,
+        pub payload: Vec<u8>,
+        pub user_properties: Vec<(String, String)>,
+        pub content_type: Option<String>,
+    }
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub got: Arc<Mutex<Vec<Got>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Client {
+        pub async fn start(port: u16, filters: &[&str]) -> Client {
+            let opts = MqttOptions::new(super::common::wait::unique("v5"), "127.0.0.1", port);
+            let (client, mut el) = AsyncClient::new(opts, 100);
+            for f in filters {
+                client.try_subscribe(*f, QoS::AtLeastOnce).unwrap();
+            }
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&got);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let want = filters.len();
+            let task = tokio::spawn(async move {
+                let mut tx = Some(tx);
+                let mut subacks = 0;
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let props = p.properties.unwrap_or_default();
+                            sink.lock().unwrap().push(Got {
+                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                                payload: p.payload.to_vec(),
+                                user_properties: props.user_properties,
+                                content_type: props.content_type,
+                            });
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            subacks += 1;
+                            if subacks >= want {
+                                if let Some(tx) = tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .unwrap()
+                .unwrap();
+            Client { client, got, task }
+        }
+
+        pub fn publish(&self, topic: &str, payload: &[u8], props: Vec<(String, String)>) {
+            let p = PublishProperties {
+                user_properties: props,
+                ..Default::default()
+            };
+            self.client
+                .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_vec(), p)
+                .unwrap();
+        }
+
+        pub fn on(&self, topic: &str) -> Vec<Got> {
+            self.got
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|g| g.topic == topic)
+                .cloned()
+                .collect()
+        }
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_user_properties_reach_the_dead_letter_envelope() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: five, topic: "v5/+/in", function: f, republish: {topic: "v5/{1}/out"}}"#);
+    cfg.protocol = "5".into();
+    let client = v5::Client::start(broker.port(), &["v5/+/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let props = vec![
+        ("trace-id".to_string(), "abc-123".to_string()),
+        ("unit".to_string(), "°C".to_string()),
+        ("trace-id".to_string(), "second".to_string()),
+    ];
+
+    // INVALID_ARGUMENT is not retried: straight to the dead letter.
+    gw.fail_next(1, Code::InvalidArgument);
+    client.publish("v5/dev1/in", b"bad", props.clone());
+    wait_until(LONG, "the dead letter", || {
+        !client.on("fxbridge/dead-letter/five").is_empty()
+    })
+    .await;
+    let dead = client.on("fxbridge/dead-letter/five");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].content_type.as_deref(), Some("application/json"));
+    let env: serde_json::Value = serde_json::from_slice(&dead[0].payload).unwrap();
+    let expected: serde_json::Value = props
+        .iter()
+        .map(|(k, v)| serde_json::json!([k, v]))
+        .collect();
+    assert_eq!(env["user_properties"], expected, "in order, repeats kept");
+    assert_eq!(env["grpc_code"], "INVALID_ARGUMENT");
+    assert_eq!(env["attempts"], 1);
+
+    // Without a transform the republish carries the reply only: the default
+    // result has no user properties (pipeline.rs), and no content type.
+    client.publish("v5/dev1/in", b"good", props.clone());
+    wait_until(LONG, "the result", || !client.on("v5/dev1/out").is_empty()).await;
+    let out = client.on("v5/dev1/out");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].payload, b"good");
+    assert!(
+        out[0].user_properties.is_empty(),
+        "{:?}",
+        out[0].user_properties
+    );
+    wait_acked(&bridge, 2).await;
+    let by: BTreeMap<String, usize> = gw.invocations().iter().fold(BTreeMap::new(), |mut m, i| {
+        *m.entry(String::from_utf8_lossy(&i.input).into_owned())
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(by.get("bad"), Some(&1));
+    assert_eq!(by.get("good"), Some(&1));
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_topic_order_holds_back_a_topic_but_not_the_others() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: pt, topic: "pt/+/in", function: f, ordering: per-topic, max_in_flight: 8, republish: {topic: "pt/{1}/out"}}"#,
+    );
+    let results = Collector::start(broker.port(), &["pt/+/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.hold(b"a-0");
+    let mut msgs = numbered("pt/a/in", "a", 0..3);
+    msgs.extend(numbered("pt/b/in", "b", 0..3));
+    publish_all(broker.port(), &msgs).await;
+    // Topic b is not held up by topic a.
+    wait_until(LONG, "topic b's results", || {
+        results.on("pt/b/out").len() >= 3
+    })
+    .await;
+    assert_eq!(
+        gw.calls_with(b"a-1") + gw.calls_with(b"a-2"),
+        0,
+        "a-1/a-2 ran before a-0 finished"
+    );
+    assert!(results.on("pt/a/out").is_empty());
+
+    gw.release();
+    wait_until(LONG, "topic a's results", || {
+        results.on("pt/a/out").len() >= 3
+    })
+    .await;
+    let out: Vec<Vec<u8>> = results
+        .on("pt/a/out")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(out, vec![b"a-0".to_vec(), b"a-1".to_vec(), b"a-2".to_vec()]);
+    let calls: Vec<Vec<u8>> = gw
+        .invocations()
+        .into_iter()
+        .map(|i| i.input)
+        .filter(|i| i.starts_with(b"a-"))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![b"a-0".to_vec(), b"a-1".to_vec(), b"a-2".to_vec()]
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_session_gets_the_subscriptions_again() {
+    // No persistence: after the restart the broker knows nothing of the bridge,
+    // which must subscribe again by itself (rumqttc does not).
+    let mut broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: rs, topic: "rs/in", function: f, republish: {topic: "rs/out"}}"#);
+    let bridge = start_in_process(&cfg).await;
+    publish_all(broker.port(), &numbered("rs/in", "before", 0..1)).await;
+    wait_acked(&bridge, 1).await;
+
+    tokio::task::block_in_place(|| broker.restart());
+    let results = Collector::start(broker.port(), &["rs/out"]).await;
+    // Probe until the bridge is subscribed again (bounded): before that, nobody
+    // is subscribed and the broker drops the probes.
+    let deadline = Instant::now() + LONG;
+    let mut i = 0;
+    while results.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never subscribed again"
+        );
+        publish_all(broker.port(), &numbered("rs/in", "probe", i..i + 1)).await;
+        i += 1;
+        common::wait::try_wait_until(Duration::from_millis(300), || results.count() > 0).await;
+    }
+    let msgs = numbered("rs/in", "after", 0..20);
+    publish_all(broker.port(), &msgs).await;
+    wait_until(LONG, "every message after the restart", || {
+        let got: HashSet<Vec<u8>> = results.messages().into_iter().map(|m| m.payload).collect();
+        msgs.iter().all(|(_, p)| got.contains(p))
+    })
+    .await;
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_while_the_gateway_is_down_leaves_messages_for_the_next_start() {
+    let broker = Mosquitto::start();
+    let mut gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: gd, topic: "gd/in", function: f, ordering: none, republish: {topic: "gd/out"},
+            retry: {backoff: {initial: 50ms, max: 200ms, multiplier: 2}}}"#,
+    );
+    let results = Collector::start(broker.port(), &["gd/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.stop().await;
+    let msgs = numbered("gd/in", "g", 0..5);
+    publish_all(broker.port(), &msgs).await;
+    let m = bridge.metrics.route("gd");
+    wait_until(LONG, "every message failing", || {
+        bridge.metrics.totals().0 >= 5 && m.invoke_failures.load(Relaxed) >= 10
+    })
+    .await;
+    // Waiting for the gateway ends at the stop: no drain wait, no dead letter.
+    let stopping = Instant::now();
+    bridge.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(m.abandoned.load(Relaxed), 5);
+    assert_eq!(results.count(), 0);
+
+    gw.restart().await;
+    let bridge = start_in_process(&cfg).await;
+    results.wait_for_distinct(5, LONG).await;
+    let out: HashSet<Vec<u8>> = results
+        .on("gd/out")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(out, msgs.iter().map(|(_, p)| p.clone()).collect());
+    assert!(results.on("fxbridge/dead-letter/gd").is_empty());
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_drain_deadline_unfinished_messages_are_redelivered() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: dd, topic: "dd/in", function: f, ordering: none, republish: {topic: "dd/out"}}"#,
+    );
+    cfg.drain_timeout = "1s".into();
+    let results = Collector::start(broker.port(), &["dd/out"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.hold(b"slow");
+    publish_all(
+        broker.port(),
+        &[
+            msg("dd/in", b"fast-0"),
+            msg("dd/in", b"slow"),
+            msg("dd/in", b"fast-1"),
+        ],
+    )
+    .await;
+    results.wait_for("dd/out", b"fast-1", LONG).await;
+    results.wait_for("dd/out", b"fast-0", LONG).await;
+    wait_until(LONG, "the slow call in flight", || gw.in_flight() == 1).await;
+
+    let stopping = Instant::now();
+    bridge.stop().await.unwrap();
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "stop took {took:?} with a 1 s drain timeout"
+    );
+    assert!(results.on("dd/out").iter().all(|m| m.payload != b"slow"));
+
+    // The next start gets "slow" again (it was never acknowledged) and finishes it.
+    gw.release();
+    let bridge = start_in_process(&cfg).await;
+    results.wait_for("dd/out", b"slow", LONG).await;
+    assert_eq!(gw.calls_with(b"slow"), 2);
+    bridge.stop().await.unwrap();
+}
