@@ -24,7 +24,7 @@ use crate::mqtt::outbound::PublisherTask;
 use crate::mqtt::{self, Role};
 use crate::pipeline::{RouteCtx, Services};
 use crate::router::{Router, TableBuilder};
-use crate::transform::RouteTransform;
+use crate::transform::{PluginHost, RouteTransform};
 
 /// Requests that may wait in rumqttc's channel; acks never exceed `max_pending`.
 fn channel_capacity(cfg: &Config) -> usize {
@@ -48,11 +48,21 @@ pub struct Bridge {
     admin: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
-/// Loads the plugin of `route` (if any) and assembles its context.
-fn route_ctx(route: &Route, metrics: &Metrics) -> Result<Arc<RouteCtx>> {
-    let transform = match &route.component_path {
-        Some(_) => Some(RouteTransform::load().with_context(|| format!("route {}", route.name()))?),
-        None => None,
+/// Loads the plugin of `route` (if any), configures its first instance, and
+/// assembles the route's context.
+async fn route_ctx(
+    route: &Route,
+    metrics: &Metrics,
+    plugins: Option<&Arc<PluginHost>>,
+) -> Result<Arc<RouteCtx>> {
+    let transform = match (&route.component_path, plugins) {
+        (Some(_), Some(host)) => Some(
+            RouteTransform::for_route(host, route)
+                .await
+                .with_context(|| format!("route {}", route.name()))?,
+        ),
+        (Some(_), None) => anyhow::bail!("route {}: no plugin host", route.name()),
+        (None, _) => None,
     };
     Ok(Arc::new(RouteCtx {
         route: route.clone(),
@@ -105,11 +115,16 @@ impl Bridge {
             default_timeout: config.gateway.timeout,
             protocol: config.mqtt.protocol,
         });
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| route_ctx(r, &metrics))
-            .collect::<Result<Vec<_>>>()?;
+        // One engine for every plugin of the process, made only when a route has one.
+        let plugins = if config.routes.iter().any(|r| r.component_path.is_some()) {
+            Some(PluginHost::new(&config.plugins).context("starting the WebAssembly host")?)
+        } else {
+            None
+        };
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            routes.push(route_ctx(r, &metrics, plugins.as_ref()).await?);
+        }
         let mut builder = TableBuilder::new(Arc::clone(&services), config.mqtt.protocol);
         let table = builder.build(routes, |_| None, |_| None);
         let subs = table.subscriptions.clone();
