@@ -247,7 +247,7 @@ impl PluginHost {
     fn compile(&self, path: &Path, bytes: &[u8], sha: &[u8; 32]) -> Result<(Component, bool)> {
         let cache_file = self.cache_path(sha);
         if let Some(file) = &cache_file {
-            match self.from_cache(file) {
+            match self.read_cache(file) {
                 Ok(Some(c)) => {
                     self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok((c, true));
@@ -273,7 +273,7 @@ impl PluginHost {
     }
 
     /// A cache entry is the serialized component followed by its sha256.
-    fn from_cache(&self, file: &Path) -> Result<Option<Component>> {
+    fn read_cache(&self, file: &Path) -> Result<Option<Component>> {
         let data = match std::fs::read(file) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -409,18 +409,27 @@ fn classify<T>(
     Err(TransformError::Trap(detail))
 }
 
-/// The error and the first frames of its wasm backtrace, on one line, bounded.
+/// The error's cause (the trap message) and the first frames of its wasm
+/// backtrace, on one line, bounded.
 fn summary(e: &wasmtime::Error) -> String {
+    let mut out = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    };
     let full = format!("{e:?}");
-    let mut lines = full.lines().map(str::trim).filter(|l| !l.is_empty());
-    let mut out = format!("{e}");
-    let mut frames = 0;
-    for line in lines.by_ref() {
-        if line.starts_with(|c: char| c.is_ascii_digit()) && line.contains(':') && frames < 4 {
-            out.push_str("; ");
-            out.push_str(line);
-            frames += 1;
-        }
+    let frames: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        })
+        .take(3)
+        .collect();
+    if !frames.is_empty() {
+        out.push_str(" (at ");
+        out.push_str(&frames.join("; "));
+        out.push(')');
     }
     if out.len() > 1024 {
         let mut end = 1024;
