@@ -55,9 +55,10 @@ async fn route_ctx(
     metrics: &Metrics,
     plugins: Option<&Arc<PluginHost>>,
 ) -> Result<Arc<RouteCtx>> {
+    let route_metrics = metrics.route(route.name());
     let transform = match (&route.component_path, plugins) {
         (Some(_), Some(host)) => Some(
-            RouteTransform::for_route(host, route)
+            RouteTransform::for_route_with_counters(host, route, Arc::clone(&route_metrics.plugin))
                 .await
                 .with_context(|| format!("route {}", route.name()))?,
         ),
@@ -67,7 +68,7 @@ async fn route_ctx(
     Ok(Arc::new(RouteCtx {
         route: route.clone(),
         transform,
-        metrics: metrics.route(route.name()),
+        metrics: route_metrics,
     }))
 }
 

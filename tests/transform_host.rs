@@ -418,3 +418,54 @@ async fn js_and_python_components_load_and_run() {
         .unwrap();
     assert_eq!(outs.len(), 2);
 }
+
+fn config_with_transform(component: &std::path::Path, config: &str) -> fxbridge::config::Config {
+    let text = format!(
+        "
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  client_id: t
+gateway:
+  url: http://127.0.0.1:31113
+routes:
+  - name: temp
+    topic: sensors/+/temp
+    function: echo
+    transform:
+      component: {}
+      config: {config}
+      limits: {{timeout: 50ms, memory: 32MiB}}
+",
+        component.display()
+    );
+    fxbridge::config::Config::parse(&text, "bridge.yaml", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn for_route_loads_and_configures_eagerly() {
+    let host = host();
+    let cfg = config_with_transform(&dist("template"), "{function: other-fn}");
+    let t = RouteTransform::for_route(&host, &cfg.routes[0])
+        .await
+        .unwrap();
+    assert_eq!(t.idle_instances(), 1, "configured at load");
+    assert_eq!(t.snapshot().instances_created, 1);
+    let m = Msg::new("sensors/a/temp", "x");
+    match t.before_invoke(&m.hook()).await.unwrap() {
+        PreDecision::Invoke { function, .. } => assert_eq!(function.as_deref(), Some("other-fn")),
+        other => panic!("{other:?}"),
+    }
+
+    // A config the plugin refuses fails the load, naming route and file.
+    let cfg = config_with_transform(&dist("template"), "{fucntion: other-fn}");
+    let e = format!(
+        "{:#}",
+        RouteTransform::for_route(&host, &cfg.routes[0])
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("route temp"), "{e}");
+    assert!(e.contains("template.wasm"), "{e}");
+    assert!(e.contains("configure failed"), "{e}");
+}

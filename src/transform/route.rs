@@ -64,6 +64,26 @@ impl RouteTransform {
         config_json: String,
         limits: &TransformLimits,
     ) -> Arc<RouteTransform> {
+        Self::with_counters(
+            host,
+            plugin,
+            route_name,
+            config_json,
+            limits,
+            Arc::new(Counters::default()),
+        )
+    }
+
+    /// [`RouteTransform::new`] counting into `counters` (e.g. the route's
+    /// metrics, which outlive reloads).
+    pub fn with_counters(
+        host: &Arc<PluginHost>,
+        plugin: Arc<Plugin>,
+        route_name: &str,
+        config_json: String,
+        limits: &TransformLimits,
+        counters: Arc<Counters>,
+    ) -> Arc<RouteTransform> {
         Arc::new(RouteTransform {
             host: Arc::clone(host),
             plugin,
@@ -73,7 +93,7 @@ impl RouteTransform {
             memory: limits.memory.0.min(MAX_MEMORY),
             fuel: limits.fuel.filter(|_| host.fuel_metering),
             idle: Mutex::new(Vec::new()),
-            counters: Arc::new(Counters::default()),
+            counters,
         })
     }
 
@@ -81,6 +101,15 @@ impl RouteTransform {
     /// instance, so a bad component or a config the plugin refuses fails here
     /// (at start or reload) rather than on the first message.
     pub async fn for_route(host: &Arc<PluginHost>, route: &Route) -> Result<Arc<RouteTransform>> {
+        Self::for_route_with_counters(host, route, Arc::new(Counters::default())).await
+    }
+
+    /// [`RouteTransform::for_route`] counting into `counters`.
+    pub async fn for_route_with_counters(
+        host: &Arc<PluginHost>,
+        route: &Route,
+        counters: Arc<Counters>,
+    ) -> Result<Arc<RouteTransform>> {
         let path = route
             .component_path
             .as_deref()
@@ -99,12 +128,13 @@ impl RouteTransform {
             );
         }
         let plugin = host.load(path)?;
-        let t = RouteTransform::new(
+        let t = RouteTransform::with_counters(
             host,
             plugin,
             route.name(),
             route.transform_config_json.clone(),
             &limits,
+            counters,
         );
         t.prepare()
             .await
