@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, Route};
+use crate::config::{Config, PluginsConfig, Route};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::mqtt::inbound::{SubscriberTask, Subscriptions};
@@ -49,16 +49,48 @@ pub fn file_digest(path: &Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-/// Loads the plugin of `route` (if any) and assembles its context.
+/// The WebAssembly engine of the process, created when a route first needs
+/// one (a bridge without plugins never pays for it).
+pub struct Plugins {
+    config: PluginsConfig,
+    host: OnceLock<Arc<PluginHost>>,
+}
+
+impl Plugins {
+    pub fn new(config: &PluginsConfig) -> Arc<Plugins> {
+        Arc::new(Plugins {
+            config: config.clone(),
+            host: OnceLock::new(),
+        })
+    }
+
+    /// The engine, started on first use.
+    pub fn host(&self) -> Result<Arc<PluginHost>> {
+        if let Some(h) = self.host.get() {
+            return Ok(Arc::clone(h));
+        }
+        let h = PluginHost::new(&self.config).context("cannot start the WebAssembly host")?;
+        Ok(Arc::clone(self.host.get_or_init(|| h)))
+    }
+}
+
+/// Loads the plugin of `route` (if any), configures its first instance, and
+/// assembles the route's context.
 pub async fn route_ctx(
     route: &Route,
     metrics: &Metrics,
-    host: &Arc<PluginHost>,
+    plugins: &Plugins,
 ) -> Result<Arc<RouteCtx>> {
+    let route_metrics = metrics.route(route.name());
     let (transform, plugin_digest) = match &route.component_path {
         Some(path) => {
             let digest = file_digest(path)?;
-            let t = RouteTransform::for_route(host, route).await?;
+            let t = RouteTransform::for_route_with_counters(
+                &plugins.host()?,
+                route,
+                Arc::clone(&route_metrics.plugin),
+            )
+            .await?;
             (Some(t), Some(digest))
         }
         None => (None, None),
@@ -67,7 +99,7 @@ pub async fn route_ctx(
         route: route.clone(),
         transform,
         plugin_digest,
-        metrics: metrics.route(route.name()),
+        metrics: route_metrics,
     }))
 }
 
@@ -77,7 +109,7 @@ pub async fn route_ctx(
 pub async fn load_routes(
     config: &Config,
     metrics: &Metrics,
-    host: &Arc<PluginHost>,
+    plugins: &Plugins,
     mut reuse: impl FnMut(&Route) -> Option<Arc<RouteCtx>>,
 ) -> Result<Vec<Arc<RouteCtx>>> {
     let mut out = Vec::with_capacity(config.routes.len());
@@ -87,7 +119,7 @@ pub async fn load_routes(
             out.push(ctx);
             continue;
         }
-        match route_ctx(route, metrics, host).await {
+        match route_ctx(route, metrics, plugins).await {
             Ok(ctx) => out.push(ctx),
             Err(e) => problems.push(format!("route {}: {e:#}", route.name())),
         }
@@ -285,7 +317,7 @@ pub struct RouteChanges {
 /// A running bridge.
 pub struct Bridge {
     pub metrics: Arc<Metrics>,
-    pub(crate) plugins: Arc<PluginHost>,
+    pub(crate) plugins: Arc<Plugins>,
     pub(crate) core: Option<Core>,
     admin: Option<(CancellationToken, JoinHandle<()>)>,
 }
@@ -297,7 +329,7 @@ impl Bridge {
     pub async fn start(config: Config, metrics: Arc<Metrics>) -> Result<Bridge> {
         // rumqttc is built without a default TLS provider; tonic uses ring too.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let plugins = PluginHost::new(&config.plugins).context("cannot start the plugin host")?;
+        let plugins = Plugins::new(&config.plugins);
         let routes = load_routes(&config, &metrics, &plugins, |_| None).await?;
         let admin = match &config.admin {
             Some(a) => {

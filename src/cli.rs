@@ -179,9 +179,20 @@ async fn check(path: &std::path::Path) -> std::process::ExitCode {
 }
 
 async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
+    use crate::transform::{cases, inspect, PluginHost};
+    let host = PluginHost::new(&crate::config::PluginsConfig::default())?;
     match command {
-        PluginCommand::Test { .. } | PluginCommand::Inspect { .. } => {
-            anyhow::bail!("WebAssembly plugins are not available in this build yet")
+        PluginCommand::Test { plugin, cases } => {
+            let report = cases::run_file(&host, &plugin, &cases).await?;
+            Ok(if report.failed == 0 {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Inspect { plugin } => {
+            print!("{}", inspect::inspect(&host, &plugin)?);
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }

@@ -40,11 +40,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::bridge::{file_digest, load_routes, Bridge, Core};
+use crate::bridge::{file_digest, load_routes, Bridge, Core, Plugins};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::RouteCtx;
-use crate::transform::PluginHost;
 
 /// A burst of file events ends after this long without another.
 pub const QUIET: Duration = Duration::from_millis(250);
@@ -146,8 +145,13 @@ pub fn fingerprint(path: &Path) -> String {
 /// Loads every plugin a validated `config` needs, exactly as a reload would,
 /// without touching a running bridge: the second half of `fxbridge check`.
 pub async fn check_plugins(config: &Config) -> Result<()> {
-    let host = PluginHost::new(&config.plugins).context("cannot start the plugin host")?;
-    load_routes(config, &Metrics::new(), &host, |_| None).await?;
+    load_routes(
+        config,
+        &Metrics::new(),
+        &Plugins::new(&config.plugins),
+        |_| None,
+    )
+    .await?;
     Ok(())
 }
 
@@ -177,8 +181,8 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
         || new.shutdown != old.shutdown
         || new.base_dir != old.base_dir;
 
-    let host = if new_host {
-        PluginHost::new(&new.plugins).context("cannot start the plugin host")?
+    let plugins = if new_host {
+        Plugins::new(&new.plugins)
     } else {
         Arc::clone(&bridge.plugins)
     };
@@ -196,7 +200,7 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
         (entry.ctx.route == *route && entry.ctx.plugin_digest == digest)
             .then(|| Arc::clone(&entry.ctx))
     };
-    let routes = load_routes(&new, &bridge.metrics, &host, reusable).await?;
+    let routes = load_routes(&new, &bridge.metrics, &plugins, reusable).await?;
     drop(table);
 
     let mut summary = if reconnect {
@@ -223,7 +227,7 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
             }
         }
         if new_host {
-            bridge.plugins = host;
+            bridge.plugins = plugins;
         }
         format!(
             "reconnected with new connection settings; {} routes",
