@@ -410,3 +410,41 @@ async fn a_plugin_swapped_ten_times_under_a_stream_loses_and_mixes_nothing() {
     );
     eprintln!("messages: {total}, reloads: 10, results by version: {versions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_settings_apply_by_reconnecting_and_process_settings_say_restart() {
+    let s = setup().await;
+    let cfg = common::ConfigFile::with(&s.base.clone().route(&route("a")).to_yaml());
+    let bridge = BridgeProcess::spawn(cfg.path());
+    bridge.wait_ready(s.admin, WAIT).await;
+    route_works(&s, "a", "on-first-gateway").await;
+    assert_eq!(s.gateway.calls(), 1);
+
+    // A new gateway URL: drained, reconnected, and the next message goes there.
+    let second = TestGateway::start().await;
+    let mut moved = s.base.clone().route(&route("a"));
+    moved.gateway_url = second.url();
+    cfg.write(&moved.to_yaml());
+    expect_reloads(s.admin, (1, 0), "gateway change").await;
+    assert!(reload_status(s.admin).await.contains("reconnected"));
+    route_works(&s, "a", "on-second-gateway").await;
+    assert_eq!((s.gateway.calls(), second.calls()), (1, 1));
+
+    // The embedded broker cannot start in a running process: applied otherwise,
+    // reported as needing a restart.
+    let embedded = free_port();
+    let with_broker = moved.clone().route(&route("b")).to_yaml().replacen(
+        "routes:",
+        &format!("broker:\n  listen: 127.0.0.1:{embedded}\nroutes:"),
+        1,
+    );
+    cfg.write(&with_broker);
+    expect_reloads(s.admin, (2, 0), "broker section added").await;
+    let status = reload_status(s.admin).await;
+    assert!(
+        status.contains("needs a restart to apply: broker"),
+        "{status}"
+    );
+    assert!(bridge.log().contains("apply only when fxbridge restarts"));
+    route_works(&s, "b", "rest-applied").await;
+}
