@@ -15,7 +15,7 @@ STAMPS="$DIST/.stamps"
 FORCE="${FORCE:-0}"
 
 # Rust plugins: cargo package name = folder name; the component is the cdylib.
-RUST_PLUGINS=(sensor-normalize hostile noop template)
+RUST_PLUGINS=(sensor-normalize hostile noop template tagger)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
@@ -50,6 +50,12 @@ build_rust() {
     cp "$PLUGINS/target/wasm32-wasip2/release/${name//-/_}.wasm" "$DIST/$name.wasm.tmp"
     mv "$DIST/$name.wasm.tmp" "$DIST/$name.wasm"
   done
+  # The hot-reload tests swap tagger.wasm (v1) for a second build of it (v2).
+  log "cargo build --release --target wasm32-wasip2 -p tagger --features v2"
+  (cd "$PLUGINS" && cargo build --release --target wasm32-wasip2 -p tagger --features v2 \
+    --target-dir "$PLUGINS/target/tagger-v2")
+  cp "$PLUGINS/target/tagger-v2/wasm32-wasip2/release/tagger.wasm" "$DIST/tagger-v2.wasm.tmp"
+  mv "$DIST/tagger-v2.wasm.tmp" "$DIST/tagger-v2.wasm"
 }
 
 build_js() {

@@ -1,6 +1,7 @@
 //! The admin HTTP listener (`admin.listen`): `/metrics` in the Prometheus text
 //! format, `/healthz` (the process is up) and `/readyz` (connected to the broker
-//! with every subscription in place), for Kubernetes probes and dashboards.
+//! with every subscription in place), for Kubernetes probes and dashboards, and
+//! `/reload` (the outcome of the last config reload, as text).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,12 @@ async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn reload_status(State(m): State<Arc<Metrics>>) -> String {
+    let (ok, failed, last) = m.reloads();
+    let last = last.unwrap_or_else(|| "no reload yet".into());
+    format!("reloads: {ok} applied, {failed} rejected\nlast: {last}\n")
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
@@ -50,8 +57,9 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/reload", get(reload_status))
         .with_state(metrics);
-    tracing::info!(%addr, "admin endpoint: /metrics /healthz /readyz");
+    tracing::info!(%addr, "admin endpoint: /metrics /healthz /readyz /reload");
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

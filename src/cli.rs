@@ -127,12 +127,10 @@ pub fn main() -> Result<std::process::ExitCode> {
     runtime.block_on(async move {
         match command {
             Command::Run { config } => {
-                let cfg = Config::load(&config)
-                    .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-                crate::run(cfg, stop_signal()).await?;
+                crate::reload::run(config, stop_signal()).await?;
                 Ok(std::process::ExitCode::SUCCESS)
             }
-            Command::Check { config } => Ok(check(&config)),
+            Command::Check { config } => Ok(check(&config).await),
             Command::Demo { messages } => crate::demo::run(messages).await,
             Command::Plugin { command } => plugin(command).await,
             Command::StandinGateway { listen, prefix } => {
@@ -152,9 +150,19 @@ pub fn main() -> Result<std::process::ExitCode> {
     })
 }
 
-fn check(path: &std::path::Path) -> std::process::ExitCode {
-    match Config::load(path) {
-        Ok(cfg) => {
+/// Validates a config file and loads its plugins, exactly as a reload would.
+async fn check(path: &std::path::Path) -> std::process::ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            println!("{e}");
+            let n = e.errors.len();
+            eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match crate::reload::check_plugins(&cfg).await {
+        Ok(_) => {
             println!(
                 "{}: OK ({} route{})",
                 path.display(),
@@ -164,18 +172,27 @@ fn check(path: &std::path::Path) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("{e}");
-            let n = e.errors.len();
-            eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+            println!("{}: {e:#}", path.display());
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
+    use crate::transform::{cases, inspect, PluginHost};
+    let host = PluginHost::new(&crate::config::PluginsConfig::default())?;
     match command {
-        PluginCommand::Test { .. } | PluginCommand::Inspect { .. } => {
-            anyhow::bail!("WebAssembly plugins are not available in this build yet")
+        PluginCommand::Test { plugin, cases } => {
+            let report = cases::run_file(&host, &plugin, &cases).await?;
+            Ok(if report.failed == 0 {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Inspect { plugin } => {
+            print!("{}", inspect::inspect(&host, &plugin)?);
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }

@@ -12,7 +12,8 @@
 //! - [`deadletter`]: the envelope of a message that cannot be processed.
 //! - [`ack`]: acknowledgements in arrival order, once every route is done.
 //!
-//! Around it: [`bridge`] wires and stops the parts, [`broker`] embeds an MQTT
+//! Around it: [`bridge`] wires and stops the parts, [`reload`] watches the
+//! config and swaps in a new version, [`broker`] embeds an MQTT
 //! broker, [`topic`] matches filters and renders templates, [`message`] holds
 //! the types that travel between stages, [`metrics`] counts and [`admin`] serves
 //! the counters and health over HTTP.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
 pub mod proto;
+pub mod reload;
 pub mod router;
 pub mod topic;
 pub mod transform;

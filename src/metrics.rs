@@ -24,6 +24,8 @@ pub struct RouteMetrics {
     pub abandoned: AtomicU64,
     /// Time from dispatch to done, summed, in microseconds.
     pub latency_us_sum: AtomicU64,
+    /// The route's transform plugin (calls, errors by kind, instances).
+    pub plugin: Arc<crate::transform::Counters>,
 }
 
 /// Bridge-wide counters.
@@ -85,12 +87,13 @@ impl Metrics {
         self.subscription_refused.fetch_add(1, Relaxed);
     }
 
-    /// Records the outcome of a reload; `Err` holds the whole error text.
-    pub fn reload(&self, outcome: Result<(), String>) {
+    /// Records the outcome of a reload: `Ok` holds what changed, `Err` the whole
+    /// error text.
+    pub fn reload(&self, outcome: Result<String, String>) {
         let status = match outcome {
-            Ok(()) => {
+            Ok(summary) => {
                 self.reloads_ok.fetch_add(1, Relaxed);
-                "ok".to_string()
+                format!("ok: {summary}")
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Relaxed);
@@ -236,6 +239,60 @@ impl Metrics {
                 );
             }
         }
+        render_plugins(&mut out, &routes);
         out
+    }
+}
+
+/// The transform counters of every route.
+fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>) {
+    let snaps: Vec<(&String, crate::transform::CountersSnapshot)> = routes
+        .iter()
+        .map(|(name, m)| (name, m.plugin.snapshot()))
+        .collect();
+    type Get = fn(&crate::transform::CountersSnapshot) -> u64;
+    let simple: [(&str, &str, Get); 3] = [
+        ("plugin_calls_total", "Transform hook calls.", |s| s.calls),
+        (
+            "plugin_call_microseconds_sum",
+            "Time spent in transform hook calls.",
+            |s| s.call_time_us,
+        ),
+        (
+            "plugin_instances_created_total",
+            "Plugin instances created and configured.",
+            |s| s.instances_created,
+        ),
+    ];
+    for (name, help, get) in simple {
+        let _ = writeln!(
+            out,
+            "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} counter"
+        );
+        for (route, s) in &snaps {
+            let _ = writeln!(out, "fxbridge_{name}{{route=\"{route}\"}} {}", get(s));
+        }
+    }
+    let kinds: [(&str, Get); 7] = [
+        ("guest_error", |s| s.guest_errors),
+        ("trap", |s| s.traps),
+        ("timeout", |s| s.timeouts),
+        ("memory_limit", |s| s.memory_limits),
+        ("fuel_exhausted", |s| s.fuel_exhausted),
+        ("configure_failed", |s| s.configure_failed),
+        ("instantiation_failed", |s| s.instantiation_failed),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP fxbridge_plugin_errors_total Failed transform calls by kind.\n# TYPE fxbridge_plugin_errors_total counter"
+    );
+    for (route, s) in &snaps {
+        for (kind, get) in kinds {
+            let _ = writeln!(
+                out,
+                "fxbridge_plugin_errors_total{{route=\"{route}\",kind=\"{kind}\"}} {}",
+                get(s)
+            );
+        }
     }
 }

@@ -48,6 +48,9 @@ pub struct Services {
 pub struct RouteCtx {
     pub route: Route,
     pub transform: Option<Arc<RouteTransform>>,
+    /// sha256 of the plugin file this version loaded (hex), so a reload can tell
+    /// an unchanged route from one whose component was replaced in place.
+    pub plugin_digest: Option<String>,
     pub metrics: Arc<RouteMetrics>,
 }
 

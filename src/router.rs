@@ -34,12 +34,27 @@ use crate::mqtt::Subscription;
 use crate::pipeline::{self, Job, RouteCtx, Services};
 
 /// A route of the current table: its context and the queue of its worker.
+/// Cloning it shares the worker (which runs while any clone's queue sender lives).
+#[derive(Clone)]
 pub struct RouteEntry {
     pub ctx: Arc<RouteCtx>,
     jobs: mpsc::UnboundedSender<Job>,
     /// Becomes true when the worker has finished every job it was given and its
     /// queue is closed: a successor may then start (per-topic order).
     pub finished: watch::Receiver<bool>,
+}
+
+/// How a route gets into a new table version.
+pub enum Plan {
+    /// Unchanged since the previous version: keep its worker, queue and plugin
+    /// instances.
+    Keep(RouteEntry),
+    /// New or changed: start a worker for `ctx`, after `after` (the previous
+    /// version's worker of the same route, if any) has finished.
+    Start {
+        ctx: Arc<RouteCtx>,
+        after: Option<watch::Receiver<bool>>,
+    },
 }
 
 /// One version of the routing table.
@@ -90,32 +105,16 @@ impl TableBuilder {
         id
     }
 
-    /// Builds a table. `reuse` supplies entries to carry over unchanged (their
-    /// worker keeps running); every other route gets a new worker, which waits for
-    /// `predecessor` (the same route's previous worker) before starting.
-    pub fn build(
-        &mut self,
-        routes: Vec<Arc<RouteCtx>>,
-        mut reuse: impl FnMut(
-            &RouteCtx,
-        ) -> Option<(
-            Arc<RouteCtx>,
-            mpsc::UnboundedSender<Job>,
-            watch::Receiver<bool>,
-        )>,
-        mut predecessor: impl FnMut(&str) -> Option<watch::Receiver<bool>>,
-    ) -> Table {
-        let mut entries = Vec::with_capacity(routes.len());
-        for ctx in routes {
-            let entry = match reuse(&ctx) {
-                Some((ctx, jobs, finished)) => RouteEntry {
-                    ctx,
-                    jobs,
-                    finished,
-                },
-                None => self.spawn(ctx, &mut predecessor),
-            };
-            entries.push(entry);
+    /// Builds a table from `plans`: kept entries carry on with their running
+    /// worker; every started route gets a new worker, which waits for its
+    /// predecessor (the same route's previous worker) before taking jobs.
+    pub fn build(&mut self, plans: Vec<Plan>) -> Table {
+        let mut entries = Vec::with_capacity(plans.len());
+        for plan in plans {
+            entries.push(match plan {
+                Plan::Keep(entry) => entry,
+                Plan::Start { ctx, after } => self.spawn(ctx, after),
+            });
         }
         let mut subscriptions: Vec<Subscription> = Vec::new();
         let mut by_subscription: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -138,14 +137,9 @@ impl TableBuilder {
         }
     }
 
-    fn spawn(
-        &self,
-        ctx: Arc<RouteCtx>,
-        predecessor: &mut impl FnMut(&str) -> Option<watch::Receiver<bool>>,
-    ) -> RouteEntry {
+    fn spawn(&self, ctx: Arc<RouteCtx>, before: Option<watch::Receiver<bool>>) -> RouteEntry {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (done_tx, finished) = watch::channel(false);
-        let before = predecessor(ctx.route.name());
         tokio::spawn(worker(
             Arc::clone(&ctx),
             Arc::clone(&self.services),

@@ -88,6 +88,10 @@ struct State {
     /// Subscribed after connecting; ready once the SUBACKs are in.
     awaiting_suback: bool,
     subacks_due: usize,
+    /// The broker may not have `subs` yet, even in a resumed session: true until
+    /// the first complete subscription of this process (the config may have
+    /// changed while the bridge was down).
+    must_subscribe: bool,
 }
 
 impl SubscriberTask {
@@ -116,6 +120,7 @@ impl SubscriberTask {
             connected: false,
             awaiting_suback: false,
             subacks_due: 0,
+            must_subscribe: true,
         };
         (SubscriberTask { conn, state }, Subscriptions { tx })
     }
@@ -181,6 +186,7 @@ impl State {
                     self.subacks_due = self.subacks_due.saturating_sub(1);
                     if self.awaiting_suback && self.subacks_due == 0 {
                         self.awaiting_suback = false;
+                        self.must_subscribe = false;
                         self.metrics.set_ready();
                     }
                 }
@@ -215,9 +221,10 @@ impl State {
             "connected to the broker"
         );
         // With a resumed session the broker still has our subscriptions; without
-        // one (first start, clean session, or a broker that lost it) rumqttc does
-        // not resubscribe by itself.
-        if session_present || self.subs.is_empty() {
+        // one (clean session, or a broker that lost it) rumqttc does not
+        // resubscribe by itself. The first connection of a process always
+        // subscribes: the session may hold an older config's filters.
+        if (session_present && !self.must_subscribe) || self.subs.is_empty() {
             self.metrics.set_ready();
         } else {
             self.awaiting_suback = true;

@@ -61,6 +61,7 @@ impl Mosquitto {
              max_queued_messages 0\n\
              log_dest file {d}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             log_type subscribe\nlog_type unsubscribe\n\
              connection_messages true\n\
              persistence {p}\n\
              persistence_location {d}/\n",

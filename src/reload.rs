@@ -1,0 +1,303 @@
+//! Hot reload of `bridge.yaml` and the plugin files it references.
+//!
+//! A reload is triggered by SIGHUP or by a change in the directory of the config
+//! file or of a plugin. Directories, not files, are watched, so an editor's
+//! write-and-rename and a Kubernetes ConfigMap's `..data` symlink swap are both
+//! seen. Events are debounced (quiet for [`QUIET`], at most [`MAX_WAIT`]), then
+//! the content is fingerprinted (the config text plus the sha256 of every plugin
+//! it names): a burst of events that ends in the same content as the last
+//! attempt causes no reload, and one that changes it causes exactly one.
+//!
+//! The new version is built completely before anything changes: parsed and
+//! validated, every new or changed route's plugin compiled, instantiated and
+//! configured. Any failure keeps the running version, logs the whole error and
+//! counts it (`fxbridge_reload_failures_total`, `/reload` on the admin endpoint).
+//!
+//! What a valid new version changes:
+//! - routes only: the routing table is swapped atomically. Unchanged routes
+//!   (same settings, same plugin bytes) keep their worker and plugin instances;
+//!   a changed route's new worker starts after the old one has finished its
+//!   messages, so every message runs on one version, pre and post hook alike,
+//!   and per-topic order holds. Added filters are subscribed, removed ones
+//!   unsubscribed, unchanged ones left alone.
+//! - `mqtt`, `gateway`, `shutdown` or `plugins`: the core is drained (in-flight
+//!   messages finish and are acknowledged) and restarted with the new settings,
+//!   which is a clean reconnect; the persistent session keeps what arrives
+//!   meanwhile.
+//! - `broker` (the embedded broker) or `admin`: cannot change in a running
+//!   process; the reload applies everything else and says, in the log and in
+//!   the reload status, that these need a restart.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::bridge::{file_digest, load_routes, Bridge, Core, Plugins};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::RouteCtx;
+
+/// A burst of file events ends after this long without another.
+pub const QUIET: Duration = Duration::from_millis(250);
+/// A reload starts at the latest this long after the first event of a burst.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Watches the directories of the config file and the plugins.
+pub struct FileWatcher {
+    watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<()>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl FileWatcher {
+    pub fn new() -> Result<FileWatcher> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            match res {
+                // Reading a file (ours included) is not a change.
+                Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+                Ok(_) => {
+                    let _ = tx.send(());
+                }
+                Err(e) => warn!(error = %e, "file watcher error"),
+            }
+        })
+        .context("cannot start the file watcher")?;
+        Ok(FileWatcher {
+            watcher,
+            events,
+            dirs: BTreeSet::new(),
+        })
+    }
+
+    /// Watches the directories holding `files` (and stops watching others).
+    pub fn watch<'a>(&mut self, files: impl IntoIterator<Item = &'a Path>) {
+        let wanted: BTreeSet<PathBuf> = files
+            .into_iter()
+            .map(|f| match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        for gone in self.dirs.difference(&wanted) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for dir in wanted.difference(&self.dirs) {
+            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch directory; changes there need SIGHUP");
+            }
+        }
+        self.dirs = wanted;
+    }
+
+    /// Completes at the end of the next burst of changes.
+    pub async fn changed(&mut self) {
+        if self.events.recv().await.is_none() {
+            return std::future::pending().await;
+        }
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(QUIET, self.events.recv()).await {
+                Ok(Some(())) => continue,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// The files a config depends on: itself and every plugin it names.
+fn watched_files(path: &Path, config: Option<&Config>) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    if let Some(c) = config {
+        files.extend(c.routes.iter().filter_map(|r| r.component_path.clone()));
+    }
+    files
+}
+
+/// What the config file and its plugins contain now, as one hash.
+pub fn fingerprint(path: &Path) -> String {
+    let mut h = Sha256::new();
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            h.update(&bytes);
+            let base = path.parent().unwrap_or(Path::new("."));
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(cfg) = Config::parse(&text, &path.display().to_string(), base) {
+                for p in cfg.routes.iter().filter_map(|r| r.component_path.as_ref()) {
+                    h.update(p.to_string_lossy().as_bytes());
+                    h.update(file_digest(p).unwrap_or_default().as_bytes());
+                }
+            }
+        }
+        Err(e) => h.update(format!("unreadable: {}", e.kind()).as_bytes()),
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Loads every plugin a validated `config` needs, exactly as a reload would,
+/// without touching a running bridge: the second half of `fxbridge check`.
+pub async fn check_plugins(config: &Config) -> Result<()> {
+    load_routes(
+        config,
+        &Metrics::new(),
+        &Plugins::new(&config.plugins),
+        |_| None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies `path` to the running `bridge`. On error nothing has changed.
+/// Returns a summary of what changed.
+pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
+    let new = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    let core = bridge
+        .core
+        .as_mut()
+        .ok_or_else(|| anyhow!("the bridge is stopping"))?;
+    let old = &core.config;
+
+    let mut needs_restart = Vec::new();
+    if new.broker != old.broker {
+        needs_restart.push("broker");
+    }
+    if new.admin != old.admin {
+        needs_restart.push("admin");
+    }
+    let new_host = new.plugins != old.plugins;
+    let reconnect = new_host
+        || new.mqtt != old.mqtt
+        || new.mqtt_url != old.mqtt_url
+        || new.credentials != old.credentials
+        || new.gateway != old.gateway
+        || new.shutdown != old.shutdown
+        || new.base_dir != old.base_dir;
+
+    let plugins = if new_host {
+        Plugins::new(&new.plugins)
+    } else {
+        Arc::clone(&bridge.plugins)
+    };
+    // Build every new or changed route; reuse the unchanged ones as they run.
+    let table = core.router.table();
+    let reusable = |route: &crate::config::Route| -> Option<Arc<RouteCtx>> {
+        if new_host {
+            return None;
+        }
+        let entry = table.get(route.name())?;
+        let digest = match &route.component_path {
+            Some(p) => Some(file_digest(p).ok()?),
+            None => None,
+        };
+        (entry.ctx.route == *route && entry.ctx.plugin_digest == digest)
+            .then(|| Arc::clone(&entry.ctx))
+    };
+    let routes = load_routes(&new, &bridge.metrics, &plugins, reusable).await?;
+    drop(table);
+
+    let mut summary = if reconnect {
+        let old_routes: Vec<Arc<RouteCtx>> = core
+            .router
+            .table()
+            .routes
+            .iter()
+            .map(|e| Arc::clone(&e.ctx))
+            .collect();
+        let old_config = core.config.clone();
+        info!("connection settings changed: draining, then reconnecting with the new ones");
+        if let Some(core) = bridge.core.take() {
+            core.stop().await;
+        }
+        match Core::start(new.clone(), &bridge.metrics, routes) {
+            Ok(core) => bridge.core = Some(core),
+            Err(e) => {
+                // Should not happen (the settings were validated); go back to
+                // the version that ran.
+                error!(error = %format!("{e:#}"), "cannot start with the new settings; restarting the previous version");
+                bridge.core = Some(Core::start(old_config, &bridge.metrics, old_routes)?);
+                return Err(e.context("reconnect with the new settings failed"));
+            }
+        }
+        if new_host {
+            bridge.plugins = plugins;
+        }
+        format!(
+            "reconnected with new connection settings; {} routes",
+            new.routes.len()
+        )
+    } else {
+        let changes = core.swap_routes(routes);
+        core.config = new;
+        format!(
+            "routes added {:?}, changed {:?}, removed {:?}, unchanged {}; subscribed {:?}, unsubscribed {:?}",
+            changes.added,
+            changes.changed,
+            changes.removed,
+            changes.kept.len(),
+            changes.subscribed,
+            changes.unsubscribed
+        )
+    };
+    if !needs_restart.is_empty() {
+        let which = needs_restart.join(", ");
+        warn!(settings = %which, "these settings changed but apply only when fxbridge restarts");
+        summary.push_str(&format!("; needs a restart to apply: {which}"));
+    }
+    Ok(summary)
+}
+
+/// Runs the bridge from the config file at `path`, reloading it on change or
+/// SIGHUP, until `shutdown` completes; then drains and stops.
+pub async fn run(path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = Config::load(&path).map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
+    let mut last = fingerprint(&path);
+    let mut watcher = FileWatcher::new()?;
+    watcher.watch(
+        watched_files(&path, Some(&config))
+            .iter()
+            .map(PathBuf::as_path),
+    );
+    let mut bridge = Bridge::start(config, Metrics::new()).await?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::pin!(shutdown);
+    loop {
+        let forced = tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => true,
+            () = watcher.changed() => false,
+        };
+        let p = path.clone();
+        let now = tokio::task::spawn_blocking(move || fingerprint(&p))
+            .await
+            .context("fingerprint task failed")?;
+        if !forced && now == last {
+            debug!("files touched, content unchanged: nothing to reload");
+            continue;
+        }
+        last = now;
+        info!(trigger = if forced { "SIGHUP" } else { "file change" }, config = %path.display(), "reloading");
+        match reload(&mut bridge, &path).await {
+            Ok(summary) => {
+                info!(%summary, "reload applied");
+                bridge.metrics.reload(Ok(summary));
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                error!(error = %text, "reload rejected; the running version stays");
+                bridge.metrics.reload(Err(text));
+            }
+        }
+        let files = watched_files(&path, bridge.config());
+        watcher.watch(files.iter().map(PathBuf::as_path));
+    }
+    bridge.stop().await
+}

@@ -1,0 +1,92 @@
+//! Helpers shared by the transform tests: the built plugins in `plugins/dist`
+//! (never mocked) and a shared plugin host.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use fxbridge::config::{ByteSize, PluginsConfig, TransformLimits};
+use fxbridge::message::QoS;
+use fxbridge::transform::{HookMessage, PluginHost, RouteTransform};
+
+/// `plugins/dist/<name>.wasm`; fails (never skips) when the plugins are not built.
+pub fn dist(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FXBRIDGE_PLUGINS_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/dist"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the plugins first with `bash plugins/build.sh` \
+         (or point FXBRIDGE_PLUGINS_DIST at a folder with the built .wasm files)",
+        path.display()
+    );
+    path
+}
+
+/// A compile cache shared by the tests of one build (under target/).
+pub fn shared_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
+/// One host for the tests of a binary (the engine and its pool are process-wide).
+pub fn host() -> Arc<PluginHost> {
+    static HOST: OnceLock<Arc<PluginHost>> = OnceLock::new();
+    Arc::clone(HOST.get_or_init(|| {
+        let cfg = PluginsConfig {
+            cache_dir: Some(shared_cache_dir()),
+            ..PluginsConfig::default()
+        };
+        PluginHost::new(&cfg).expect("plugin host")
+    }))
+}
+
+pub fn limits(timeout_ms: u64, memory_mib: u64) -> TransformLimits {
+    TransformLimits {
+        timeout: Duration::from_millis(timeout_ms),
+        memory: ByteSize::mib(memory_mib),
+        fuel: None,
+    }
+}
+
+/// A route's transform for the named plugin with `config_json`.
+pub fn transform(name: &str, config_json: &str, limits: &TransformLimits) -> Arc<RouteTransform> {
+    let host = host();
+    let plugin = host.load(&dist(name)).expect("load plugin");
+    RouteTransform::new(&host, plugin, "test-route", config_json.to_string(), limits)
+}
+
+/// An owned message to build [`HookMessage`]s from.
+pub struct Msg {
+    pub topic: String,
+    pub captures: Vec<String>,
+    pub payload: Vec<u8>,
+}
+
+impl Msg {
+    pub fn new(topic: &str, payload: impl AsRef<[u8]>) -> Msg {
+        Msg {
+            topic: topic.to_string(),
+            captures: Vec::new(),
+            payload: payload.as_ref().to_vec(),
+        }
+    }
+    pub fn with_captures(mut self, captures: &[&str]) -> Msg {
+        self.captures = captures.iter().map(|c| c.to_string()).collect();
+        self
+    }
+    pub fn hook(&self) -> HookMessage<'_> {
+        HookMessage {
+            route: "test-route",
+            function: "echo",
+            topic: &self.topic,
+            captures: &self.captures,
+            payload: &self.payload,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            user_properties: &[],
+            content_type: None,
+        }
+    }
+}
