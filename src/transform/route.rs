@@ -298,6 +298,8 @@ impl RouteTransform {
         data.deadline = Some(Instant::now() + timeout);
         data.timed_out = false;
         data.limiter.hit.store(false, Ordering::Relaxed);
+        data.budget
+            .store(super::state::MAX_LINES_PER_CALL, Ordering::Relaxed);
         if let Ok(mut tail) = data.stderr_tail.lock() {
             tail.clear();
         }
