@@ -31,6 +31,5 @@ fn one_host_reserves_a_bounded_address_space() {
         MAX_MEMORY >> 20
     );
     assert!(reserved_gib < 400.0, "{reserved_gib:.1} GiB reserved");
-    assert!(POOL.component_instances >= 256);
     drop(host);
 }
