@@ -289,6 +289,15 @@ async fn a_config_the_plugin_refuses_fails_prepare() {
     let e = t.prepare().await.unwrap_err();
     assert_eq!(e.kind(), "configure_failed", "{e}");
     assert!(e.to_string().contains("unknown field `fucntion`"), "{e}");
+    assert_eq!(t.snapshot().configure_failed, 1);
+    // On the message path the failure is the message's, counted once more.
+    let e = t
+        .before_invoke(&Msg::new("example/in", "hello").hook())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "configure_failed");
+    let s = t.snapshot();
+    assert_eq!((s.configure_failed, s.calls, s.errors()), (2, 1, 2));
     let good = transform(
         "template",
         r#"{"function":"other"}"#,
@@ -394,7 +403,10 @@ fn load_errors_name_the_file_and_the_problem() {
 
 #[tokio::test]
 async fn js_and_python_components_load_and_run() {
-    let t = transform("js-csv", "null", &TransformLimits::default());
+    // Generous deadline: this is about loading and running, not speed (the
+    // interpreters' first call is slow on a loaded machine).
+    let relaxed = limits(2000, 64);
+    let t = transform("js-csv", "null", &relaxed);
     let m = Msg::new("csv/dev-7", "dev-7,21.5,C\n").with_captures(&["dev-7"]);
     match t.before_invoke(&m.hook()).await.unwrap() {
         PreDecision::Invoke { input, .. } => {
@@ -405,7 +417,7 @@ async fn js_and_python_components_load_and_run() {
     let t = transform(
         "py-fanout",
         r#"{"prefix":"plant/metrics","qos":0}"#,
-        &TransformLimits::default(),
+        &relaxed,
     );
     assert!(
         t.plugin().exports().iter().any(|e| e == "exports"),

@@ -144,9 +144,16 @@ impl RouteTransform {
 
     /// Creates and configures an instance and keeps it idle for the next call.
     pub async fn prepare(&self) -> Result<(), TransformError> {
-        let live = self.instantiate().await?;
-        self.give_back(live);
-        Ok(())
+        match self.instantiate().await {
+            Ok(live) => {
+                self.give_back(live);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.count_error(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Drops every idle instance: the next call starts on a fresh one.
@@ -298,6 +305,8 @@ impl RouteTransform {
         data.deadline = Some(Instant::now() + timeout);
         data.timed_out = false;
         data.limiter.hit.store(false, Ordering::Relaxed);
+        data.budget
+            .store(super::state::MAX_LINES_PER_CALL, Ordering::Relaxed);
         if let Ok(mut tail) = data.stderr_tail.lock() {
             tail.clear();
         }
@@ -338,10 +347,7 @@ impl RouteTransform {
             }
         });
         let setup_timeout = self.timeout.max(MIN_SETUP_TIMEOUT);
-        let fail = |e: TransformError| {
-            self.counters.count_error(&e);
-            e
-        };
+        // Errors are counted by the caller (a hook call, or `prepare`).
         self.arm(&mut store, setup_timeout);
         let instance = match tokio::time::timeout(
             setup_timeout,
@@ -352,27 +358,27 @@ impl RouteTransform {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
                 let memory_hit = store.data().limiter.hit.load(Ordering::Relaxed);
-                return Err(fail(if memory_hit {
+                return Err(if memory_hit {
                     TransformError::MemoryLimit {
                         limit: self.memory,
                         detail: format!("while instantiating: {}", summary(&e)),
                     }
                 } else {
                     TransformError::InstantiationFailed(summary(&e))
-                }));
+                });
             }
-            Err(_) => return Err(fail(TransformError::Timeout(setup_timeout))),
+            Err(_) => return Err(TransformError::Timeout(setup_timeout)),
         };
         fn exported<G>(r: wasmtime::Result<G>) -> Result<G, TransformError> {
             r.map_err(|e| TransformError::InstantiationFailed(summary(&e)))
         }
-        let setup = exported(self.plugin.setup.load(&mut store, &instance)).map_err(fail)?;
+        let setup = exported(self.plugin.setup.load(&mut store, &instance))?;
         let before = match &self.plugin.before {
-            Some(i) => Some(exported(i.load(&mut store, &instance)).map_err(fail)?),
+            Some(i) => Some(exported(i.load(&mut store, &instance))?),
             None => None,
         };
         let after = match &self.plugin.after {
-            Some(i) => Some(exported(i.load(&mut store, &instance)).map_err(fail)?),
+            Some(i) => Some(exported(i.load(&mut store, &instance))?),
             None => None,
         };
         self.counters
@@ -397,8 +403,8 @@ impl RouteTransform {
                 before,
                 after,
             }),
-            Ok(Err(reason)) => Err(fail(TransformError::ConfigureFailed(reason))),
-            Err(e) => Err(fail(e)),
+            Ok(Err(reason)) => Err(TransformError::ConfigureFailed(reason)),
+            Err(e) => Err(e),
         }
     }
 }

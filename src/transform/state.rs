@@ -5,10 +5,11 @@
 //! WASI: no preopened directories, no environment, no arguments, empty stdin,
 //! no TCP/UDP (every socket address is refused) and no name lookup. Clocks and
 //! random numbers work. stdout and stderr are split into lines (at most
-//! [`MAX_LINE`] bytes each; longer lines are cut) and logged at `info`/`warn`.
+//! [`MAX_LINE`] bytes each; longer lines are cut) and logged at `info`/`warn`;
+//! a call forwards at most [`MAX_LINES_PER_CALL`] lines (output and `host.log`).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -25,6 +26,9 @@ use super::Counters;
 
 /// Longest line of guest output or of a `host.log` message forwarded to the log.
 pub const MAX_LINE: usize = 4096;
+/// Lines (stdout, stderr and `host.log` together) forwarded per call; the rest
+/// of a call's output is dropped, with one warning.
+pub const MAX_LINES_PER_CALL: u64 = 200;
 /// How many of the last stderr lines a trap report quotes.
 const STDERR_TAIL: usize = 4;
 
@@ -41,22 +45,27 @@ pub struct HostState {
     pub(crate) timed_out: bool,
     /// The last lines the guest wrote to stderr (a panic message, a traceback).
     pub(crate) stderr_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
+    /// Lines the current call may still log.
+    pub(crate) budget: Arc<AtomicU64>,
 }
 
 impl HostState {
     pub fn new(route: Arc<str>, memory_limit: usize, counters: Arc<Counters>) -> HostState {
         let stderr_tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let budget = Arc::new(AtomicU64::new(MAX_LINES_PER_CALL));
         let stdout = OutputSink {
             route: Arc::clone(&route),
             stream: Stream::Stdout,
             counters: Arc::clone(&counters),
             tail: None,
+            budget: Arc::clone(&budget),
         };
         let stderr = OutputSink {
             route: Arc::clone(&route),
             stream: Stream::Stderr,
             counters: Arc::clone(&counters),
             tail: Some(Arc::clone(&stderr_tail)),
+            budget: Arc::clone(&budget),
         };
         let wasi = WasiCtx::builder()
             .stdout(stdout)
@@ -78,6 +87,7 @@ impl HostState {
             deadline: None,
             timed_out: false,
             stderr_tail,
+            budget,
         }
     }
 
@@ -104,6 +114,9 @@ impl WasiView for HostState {
 impl bindings::fxbridge::transform::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         self.counters.log_lines.fetch_add(1, Ordering::Relaxed);
+        if !spend(&self.budget, &self.route) {
+            return;
+        }
         let message = truncate(&message);
         let route = &*self.route;
         match level {
@@ -117,6 +130,18 @@ impl bindings::fxbridge::transform::host::Host for HostState {
 }
 
 impl bindings::fxbridge::transform::types::Host for HostState {}
+
+/// Takes one line from the call's budget; warns once when it runs out.
+fn spend(budget: &AtomicU64, route: &str) -> bool {
+    match budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)) {
+        Ok(1) => {
+            tracing::warn!(target: "fxbridge::plugin", route, "plugin output limit reached ({MAX_LINES_PER_CALL} lines per call); dropping the rest of this call's output");
+            false
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
 
 fn truncate(s: &str) -> &str {
     if s.len() <= MAX_LINE {
@@ -173,6 +198,7 @@ struct OutputSink {
     stream: Stream,
     counters: Arc<Counters>,
     tail: Option<Arc<Mutex<std::collections::VecDeque<String>>>>,
+    budget: Arc<AtomicU64>,
 }
 
 impl IsTerminal for OutputSink {
@@ -188,6 +214,7 @@ impl StdoutStream for OutputSink {
             stream: self.stream,
             counters: Arc::clone(&self.counters),
             tail: self.tail.clone(),
+            budget: Arc::clone(&self.budget),
             buf: Vec::new(),
         })
     }
@@ -200,6 +227,7 @@ impl StdoutStream for OutputSink {
             stream: self.stream,
             counters: Arc::clone(&self.counters),
             tail: self.tail.clone(),
+            budget: Arc::clone(&self.budget),
             buf: Vec::new(),
         })
     }
@@ -230,6 +258,7 @@ struct LineWriter {
     stream: Stream,
     counters: Arc<Counters>,
     tail: Option<Arc<Mutex<std::collections::VecDeque<String>>>>,
+    budget: Arc<AtomicU64>,
     buf: Vec<u8>,
 }
 
@@ -238,14 +267,19 @@ impl LineWriter {
         let line = String::from_utf8_lossy(line);
         let line = line.trim_end_matches('\r');
         let route = &*self.route;
+        let forward = spend(&self.budget, route);
         match self.stream {
             Stream::Stdout => {
                 self.counters.stdout_lines.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(target: "fxbridge::plugin", route, stream = "stdout", "{line}");
+                if forward {
+                    tracing::info!(target: "fxbridge::plugin", route, stream = "stdout", "{line}");
+                }
             }
             Stream::Stderr => {
                 self.counters.stderr_lines.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: "fxbridge::plugin", route, stream = "stderr", "{line}");
+                if forward {
+                    tracing::warn!(target: "fxbridge::plugin", route, stream = "stderr", "{line}");
+                }
             }
         }
         if let Some(tail) = &self.tail {
