@@ -48,7 +48,7 @@ pub struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
-    /// Messages per closed-loop scenario (default 20000; --smoke 200).
+    /// Messages per closed-loop scenario (default 50000; --smoke 200).
     #[arg(short, long)]
     pub n: Option<u64>,
     /// Messages for the Python baseline, which is slow (default 2000; --smoke 50).
@@ -90,6 +90,10 @@ pub struct Args {
     /// Record a `perf record` profile of the subject of these scenarios.
     #[arg(long, value_delimiter = ',')]
     pub perf: Vec<String>,
+    /// Extra environment of the bridge process, KEY=VALUE (repeatable), e.g.
+    /// `TOKIO_WORKER_THREADS=1` for an experiment.
+    #[arg(long)]
+    pub bridge_env: Vec<String>,
     /// A label for the report (e.g. "quiet" or "during builds").
     #[arg(long, default_value = "")]
     pub label: String,
@@ -182,7 +186,7 @@ async fn run(args: Args) -> Result<std::process::ExitCode> {
         .unwrap_or(false);
     let smoke = args.smoke;
     let ctx = Ctx {
-        n: args.n.unwrap_or(if smoke { 200 } else { 20_000 }),
+        n: args.n.unwrap_or(if smoke { 200 } else { 50_000 }),
         baseline_n: args.baseline_n.unwrap_or(if smoke { 50 } else { 2_000 }),
         open_secs: args.open_secs.unwrap_or(if smoke { 1 } else { 10 }),
         idle_wait: Duration::from_millis(if smoke { 300 } else { 2_000 }),
@@ -304,6 +308,14 @@ async fn start_bridge(
         .arg("-c")
         .arg(&conf)
         .env("RUST_LOG", "warn,rumqttd=off");
+    for kv in &ctx.args.bridge_env {
+        match kv.split_once('=') {
+            Some((k, v)) => {
+                cmd.env(k, v);
+            }
+            None => bail!("--bridge-env {kv:?}: expected KEY=VALUE"),
+        }
+    }
     let t0 = Instant::now();
     let mut p = Proc::spawn("fxbridge", cmd, &log)?;
     match procs::wait_ready(&mut p, localhost(admin), Duration::from_secs(60)).await {
@@ -578,8 +590,13 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
 /// `perf record` of `pid` until SIGINT.
 fn start_perf(ctx: &Ctx, name: &str, pid: u32) -> Result<Proc> {
     let data = ctx.args.out.join(format!("perf-{name}.data"));
+    // Extra `perf record` options, e.g. `--call-graph dwarf,16384` (release
+    // builds have unwind tables but no frame pointers).
+    let extra = std::env::var("FXBRIDGE_BENCH_PERF_ARGS").unwrap_or_else(|_| "-F 1999".into());
     let mut cmd = Command::new("perf");
-    cmd.args(["record", "-F", "1999", "-p", &pid.to_string(), "-o"])
+    cmd.arg("record")
+        .args(extra.split_whitespace())
+        .args(["-p", &pid.to_string(), "-o"])
         .arg(&data);
     let p = Proc::spawn("perf", cmd, &ctx.logs.join(format!("{name}-perf.log")))?;
     std::thread::sleep(Duration::from_millis(300));

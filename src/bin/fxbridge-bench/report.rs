@@ -227,6 +227,9 @@ pub fn render(all: &[Outcome], args: &Args, took: Duration) -> String {
     if !args.label.is_empty() {
         let _ = writeln!(s, "- label: {}", args.label);
     }
+    if !args.bridge_env.is_empty() {
+        let _ = writeln!(s, "- bridge environment: {}", args.bridge_env.join(" "));
+    }
     let _ = writeln!(s, "- machine: {}", machine());
     let _ = writeln!(
         s,
