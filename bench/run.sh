@@ -52,6 +52,6 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
 fi
 
 mkdir -p bench/out
-export FXBRIDGE_BENCH_COMMAND="bash bench/run.sh $*"
+export FXBRIDGE_BENCH_COMMAND="${BENCH_PREFIX:-}bash bench/run.sh$(printf " %q" "$@")"
 exec "target/$profile/fxbridge-bench" --bin-dir "target/$profile" \
   --python "$venv/bin/python" --stubs "$venv/fxgen" --out bench/out "$@"

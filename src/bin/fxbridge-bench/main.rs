@@ -225,7 +225,17 @@ async fn run(args: Args) -> Result<std::process::ExitCode> {
     let text = report::render(&outcomes, &ctx.args, started.elapsed());
     println!("{text}");
     report::write(&out, &text, &outcomes)?;
-    Ok(std::process::ExitCode::SUCCESS)
+    // A subject that ran but lost messages fails the run (CI runs --smoke);
+    // one that could not start (e.g. plugins not yet available) does not.
+    let count = |p: &str| outcomes.iter().filter(|o| o.status.starts_with(p)).count();
+    let (ok, failed) = (count("ok"), count("failed"));
+    let skipped = outcomes.len() - ok - failed;
+    println!("bench: {ok} passed, {failed} failed, {skipped} skipped");
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 fn one_line(s: &str) -> String {
@@ -575,6 +585,13 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
     o.load_after = procs::load_avg();
     o.status = if o.delivered == 0 {
         "failed: nothing delivered".into()
+    } else if s.qos != QoS::AtMostOnce && o.delivered < o.sent {
+        // At-least-once end to end: a missing result is a bug, not a figure.
+        format!(
+            "failed: {} of {} QoS 1 messages lost",
+            o.sent - o.delivered,
+            o.sent
+        )
     } else {
         "ok".into()
     };
