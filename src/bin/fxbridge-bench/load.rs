@@ -225,6 +225,23 @@ impl Collector {
     }
 }
 
+/// Stops the collector's task when a scenario ends, on any path (its task holds
+/// an `Arc` of the collector, so the collector itself is never dropped first).
+pub struct CollectorGuard(pub Arc<Collector>);
+
+impl std::ops::Deref for CollectorGuard {
+    type Target = Collector;
+    fn deref(&self) -> &Collector {
+        &self.0
+    }
+}
+
+impl Drop for CollectorGuard {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
 /// A publishing client with its event loop polled in a task.
 pub struct Publisher {
     client: AsyncClient,

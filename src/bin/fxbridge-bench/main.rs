@@ -451,7 +451,9 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
         Some(start_gateway(ctx, s.name).await?)
     };
     let gateway_port = gateway.as_ref().map_or(0, |g| g.1);
-    let collector = Collector::start(broker_port, "out/#", s.qos, ctx.epoch, s.topics).await?;
+    let collector = load::CollectorGuard(
+        Collector::start(broker_port, "out/#", s.qos, ctx.epoch, s.topics).await?,
+    );
 
     let mut subject: Vec<Proc> = Vec::new();
     match s.subject {
