@@ -1,0 +1,372 @@
+//! The benchmark's scenarios and the bridge configuration each one runs with.
+//!
+//! Every scenario names what is under test (the bridge with some routes and
+//! maybe a plugin, the mosquitto relay that is the ceiling, or the Python
+//! baseline connector) and the load offered to it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rumqttc::QoS;
+
+use crate::load::Format;
+
+/// A WebAssembly plugin from `plugins/dist/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plugin {
+    /// Rust, pre and post hooks.
+    SensorNormalize,
+    /// JavaScript (componentize-js), pre and post hooks.
+    JsCsv,
+    /// Python (componentize-py), pre hook and a fan-out post hook.
+    PyFanout,
+}
+
+impl Plugin {
+    pub fn file(self) -> &'static str {
+        match self {
+            Plugin::SensorNormalize => "sensor-normalize.wasm",
+            Plugin::JsCsv => "js-csv.wasm",
+            Plugin::PyFanout => "py-fanout.wasm",
+        }
+    }
+    /// `transform.config` (a YAML flow mapping or `null`).
+    fn config(self) -> &'static str {
+        match self {
+            Plugin::SensorNormalize | Plugin::JsCsv => "null",
+            // Results go to out/fan/<device>/<metric>, under the collector's filter.
+            Plugin::PyFanout => "{prefix: out/fan}",
+        }
+    }
+    pub fn format(self) -> Format {
+        match self {
+            Plugin::SensorNormalize => Format::SensorJson,
+            Plugin::JsCsv => Format::Csv,
+            Plugin::PyFanout => Format::FanoutJson,
+        }
+    }
+}
+
+/// What is under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// `fxbridge run` with this many routes, each with the plugin if any.
+    Bridge { routes: u32, plugin: Option<Plugin> },
+    /// `mosquitto_sub | mosquitto_pub`: the ceiling (no gRPC).
+    Relay,
+    /// `bench/baseline_connector.py`: OpenFx's original connector logic.
+    Baseline,
+    /// Start the bridge twice (cold, then with cached compiled plugins) and
+    /// measure start-to-ready and idle RSS; no load.
+    Idle { routes: u32, plugin: Option<Plugin> },
+}
+
+/// How the load is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Closed loop (window from the command line): peak throughput.
+    Closed,
+    /// Open loop at the command line's rate: latency.
+    Open,
+    /// No load.
+    NoLoad,
+}
+
+/// One scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub subject: Subject,
+    pub qos: QoS,
+    pub size: usize,
+    pub topics: u32,
+    pub offer: Offer,
+}
+
+impl Scenario {
+    pub fn format(&self) -> Format {
+        match self.subject {
+            Subject::Bridge {
+                plugin: Some(p), ..
+            } => p.format(),
+            _ => Format::Plain,
+        }
+    }
+    /// Topic of topic index `t`.
+    pub fn topic_name(&self, t: u32) -> String {
+        match self.subject {
+            Subject::Bridge { routes, .. } if routes > 1 => format!("in/r{}/d{t}", t % routes),
+            _ => format!("in/d{t}"),
+        }
+    }
+}
+
+/// The default number of distinct topics of a throughput scenario.
+pub const TOPICS: u32 = 100;
+
+/// Every scenario, in the order they run.
+pub fn all() -> Vec<Scenario> {
+    use Offer::{Closed, NoLoad, Open};
+    use QoS::{AtLeastOnce, AtMostOnce};
+    let bridge = |routes, plugin| Subject::Bridge { routes, plugin };
+    let s = |name, about, subject, qos, size, topics, offer| Scenario {
+        name,
+        about,
+        subject,
+        qos,
+        size,
+        topics,
+        offer,
+    };
+    vec![
+        s(
+            "relay-qos1-64",
+            "ceiling: mosquitto_sub | mosquitto_pub, no gRPC",
+            Subject::Relay,
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "baseline-qos1-64",
+            "OpenFx's original connector (Python, channel per message)",
+            Subject::Baseline,
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "pass-qos1-64",
+            "passthrough, 1 route, QoS 1, 64 B",
+            bridge(1, None),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "pass-qos1-1k",
+            "passthrough, 1 route, QoS 1, 1 KiB",
+            bridge(1, None),
+            AtLeastOnce,
+            1024,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "pass-qos1-16k",
+            "passthrough, 1 route, QoS 1, 16 KiB",
+            bridge(1, None),
+            AtLeastOnce,
+            16 * 1024,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "pass-qos0-64",
+            "passthrough, 1 route, QoS 0 in and out, 64 B",
+            bridge(1, None),
+            AtMostOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "routes50-qos1-64",
+            "50 routes (in/r<k>/+), load spread over all",
+            bridge(50, None),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "topics1-qos1-64",
+            "1 topic: per-topic order serialises everything",
+            bridge(1, None),
+            AtLeastOnce,
+            64,
+            1,
+            Closed,
+        ),
+        s(
+            "topics1000-qos1-64",
+            "1,000 distinct topics, per-topic order checked",
+            bridge(1, None),
+            AtLeastOnce,
+            64,
+            1000,
+            Closed,
+        ),
+        s(
+            "open-pass-qos1-64",
+            "open loop at --rate, passthrough: latency",
+            bridge(1, None),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Open,
+        ),
+        s(
+            "open-relay-qos1-64",
+            "open loop at --rate, relay: latency floor",
+            Subject::Relay,
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Open,
+        ),
+        s(
+            "plugin-rust-prepost",
+            "sensor-normalize (Rust) pre+post hooks",
+            bridge(1, Some(Plugin::SensorNormalize)),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "plugin-js-csv",
+            "js-csv (JavaScript) pre+post hooks",
+            bridge(1, Some(Plugin::JsCsv)),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "plugin-py-fanout",
+            "py-fanout (Python) pre hook + fan-out post hook (2 results per input)",
+            bridge(1, Some(Plugin::PyFanout)),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
+        ),
+        s(
+            "idle-10plain",
+            "10 routes, no plugin: idle RSS, start-to-ready",
+            Subject::Idle {
+                routes: 10,
+                plugin: None,
+            },
+            AtLeastOnce,
+            64,
+            TOPICS,
+            NoLoad,
+        ),
+        s(
+            "idle-10rust",
+            "10 routes with sensor-normalize: idle RSS, start-to-ready cold and cached",
+            Subject::Idle {
+                routes: 10,
+                plugin: Some(Plugin::SensorNormalize),
+            },
+            AtLeastOnce,
+            64,
+            TOPICS,
+            NoLoad,
+        ),
+    ]
+}
+
+fn qos_num(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+/// Ports and paths a bridge configuration needs.
+pub struct BridgeEnv<'a> {
+    pub broker_port: u16,
+    pub gateway_port: u16,
+    pub admin_port: u16,
+    pub plugins_dir: &'a Path,
+    pub cache_dir: &'a Path,
+}
+
+/// The bridge.yaml of `routes` routes (each with `plugin`, if any) at `qos`.
+pub fn bridge_yaml(
+    name: &str,
+    routes: u32,
+    plugin: Option<Plugin>,
+    qos: QoS,
+    env: &BridgeEnv<'_>,
+) -> String {
+    let q = qos_num(qos);
+    let mut y = format!(
+        "# Generated by fxbridge-bench for scenario {name}.\n\
+mqtt:\n  url: mqtt://127.0.0.1:{bp}\n  client_id: fxbridge-bench\n  \
+persistent_session: false\n  max_pending: 1000\n\
+gateway:\n  url: http://127.0.0.1:{gp}\n  timeout: 10s\n  max_concurrent: 64\n\
+admin:\n  listen: 127.0.0.1:{ap}\n\
+plugins:\n  cache_dir: {cache}\n\
+shutdown:\n  drain_timeout: 1s\n\
+routes:\n",
+        bp = env.broker_port,
+        gp = env.gateway_port,
+        ap = env.admin_port,
+        cache = env.cache_dir.display(),
+    );
+    for k in 0..routes {
+        let filter = if routes == 1 {
+            "in/+".to_string()
+        } else {
+            format!("in/r{k}/+")
+        };
+        let _ = write!(
+            y,
+            "  - name: r{k}\n    topic: {filter}\n    qos: {q}\n    function: echo\n    \
+republish: {{topic: \"out/{{1}}\", qos: {q}}}\n    ordering: per-topic\n    max_in_flight: 64\n"
+        );
+        if let Some(p) = plugin {
+            let _ = write!(
+                y,
+                "    transform:\n      component: {}\n      config: {}\n",
+                env.plugins_dir.join(p.file()).display(),
+                p.config()
+            );
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_configs_are_valid() {
+        let env = BridgeEnv {
+            broker_port: 1883,
+            gateway_port: 31113,
+            admin_port: 9090,
+            plugins_dir: Path::new("/nonexistent"),
+            cache_dir: Path::new("/tmp/cache"),
+        };
+        for (routes, qos) in [(1, QoS::AtLeastOnce), (50, QoS::AtMostOnce)] {
+            let y = bridge_yaml("t", routes, None, qos, &env);
+            let cfg = fxbridge::config::Config::parse(&y, "t.yaml", Path::new("."));
+            let cfg = match cfg {
+                Ok(c) => c,
+                Err(e) => panic!("{e}\n{y}"),
+            };
+            assert_eq!(cfg.routes.len(), routes as usize);
+            assert!(cfg.admin.is_some());
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let all = all();
+        let mut names: Vec<_> = all.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+    }
+}
