@@ -10,8 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Tests start their own mosquitto on free ports; only the binary is needed.
-if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; then
+# Tests start their own mosquitto on free ports; only the binaries are needed
+# (mosquitto_sub/mosquitto_pub: the benchmark's relay).
+if { ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; } \
+  || ! command -v mosquitto_sub >/dev/null 2>&1; then
   log "installing mosquitto"
   SUDO=""
   [[ "$(id -u)" != 0 ]] && SUDO="sudo"
