@@ -32,7 +32,7 @@ pub struct Failure {
     pub stage: Stage,
     /// Human-readable reason, self-contained.
     pub error: String,
-    /// The plugin's failure class (`guest-error`, `trap`, `timeout`, ...), if any.
+    /// The plugin's failure class (`guest_error`, `trap`, `timeout`, `memory_limit`, ...), if any.
     pub plugin_error: Option<&'static str>,
     /// The gateway's gRPC status code, e.g. `Internal`.
     pub grpc_code: Option<tonic::Code>,

@@ -192,7 +192,7 @@ async fn a_hostile_plugin_dead_letters_its_message_and_the_bridge_carries_on() {
         .route(&format!(
             "{{name: hostile, topic: \"h/+\", function: echo, ordering: per-topic, \
               republish: {{topic: \"h-out/{{1}}\"}}, \
-              transform: {{component: \"{}\", limits: {{timeout: 300ms, memory: 32MiB}}}}}}",
+              transform: {{component: \"{}\", limits: {{timeout: 1s, memory: 32MiB}}}}}}",
             dist("hostile.wasm")
         ))
         .route("{name: plain, topic: \"g/+\", function: echo, republish: {topic: \"g-out/{1}\"}}");

@@ -114,6 +114,17 @@ impl PublisherTask {
 }
 
 impl State {
+    /// Hands one publish to rumqttc; its reply waits for the broker's answer.
+    fn queue(&mut self, msg: &Publish, reply: Reply) {
+        match self.client.try_publish(msg) {
+            Ok(()) => self.queued.push_back(reply),
+            Err(e) => {
+                warn!(error = %e, topic = %msg.topic, "cannot queue a publish");
+                let _ = reply.send(Err(PublishError::Refused(e.to_string())));
+            }
+        }
+    }
+
     async fn run(&mut self, conn: &mut Connection, close: CancellationToken) {
         loop {
             let event = {
@@ -126,11 +137,13 @@ impl State {
                         () = close.cancelled() => break None,
                         ev = &mut poll => break Some(ev),
                         Some((msg, reply)) = self.requests.recv(), if room => {
-                            match self.client.try_publish(&msg) {
-                                Ok(()) => self.queued.push_back(reply),
-                                Err(e) => {
-                                    warn!(error = %e, topic = %msg.topic, "cannot queue a publish");
-                                    let _ = reply.send(Err(PublishError::Refused(e.to_string())));
+                            self.queue(&msg, reply);
+                            // Take what else is waiting in one go rather than one
+                            // request per turn of this loop.
+                            while self.queued.len() < self.capacity {
+                                match self.requests.try_recv() {
+                                    Ok((msg, reply)) => self.queue(&msg, reply),
+                                    Err(_) => break,
                                 }
                             }
                         }
