@@ -516,7 +516,10 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
     let broker_pid = broker.pid();
     let gateway_pid = gateway.as_ref().map(|g| g.0.pid());
     let perf = if ctx.args.perf.iter().any(|p| p == s.name) {
-        Some(start_perf(ctx, s.name, subject_pids[0])?)
+        let pid = *subject_pids
+            .first()
+            .context("no subject process to profile")?;
+        Some(start_perf(ctx, s.name, pid)?)
     } else {
         None
     };
