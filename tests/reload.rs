@@ -13,7 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::bridge::{http_get, metric};
@@ -314,18 +314,6 @@ fn replace_file(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).expect("rename plugin");
 }
 
-fn dist(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/dist")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_swapped_ten_times_under_a_stream_loses_and_mixes_nothing() {
     const BATCHES: usize = 22;
@@ -334,7 +322,7 @@ async fn a_plugin_swapped_ten_times_under_a_stream_loses_and_mixes_nothing() {
     let s = setup().await;
     let cfg = common::ConfigFile::new();
     let plugin = cfg.dir().join("tagger.wasm");
-    let (v1, v2) = (dist("tagger.wasm"), dist("tagger-v2.wasm"));
+    let (v1, v2) = (common::dist("tagger.wasm"), common::dist("tagger-v2.wasm"));
     replace_file(&v1, &plugin);
     cfg.write(
         &s.base

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{publish_all, start_in_process, BridgeConfig, Collector, Mosquitto, TestGateway};
@@ -22,15 +21,7 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn dist(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/dist")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        p.display()
-    );
-    p.display().to_string()
+    common::dist(name).display().to_string()
 }
 
 fn json_of(bytes: &[u8]) -> Value {

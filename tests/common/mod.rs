@@ -54,3 +54,17 @@ pub use gateway::TestGateway;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{publish_all, Collector};
 pub use wait::{free_port, wait_until};
+
+/// A built plugin in `plugins/dist`; fails the test, saying how to build it,
+/// when it is missing.
+pub fn dist(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        p.display()
+    );
+    p
+}
