@@ -43,7 +43,8 @@ pub enum Command {
         #[arg(short, long, default_value = "bridge.yaml", env = "FXBRIDGE_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration file and print every problem; exits 1 on any.
+    /// Validate a configuration file exactly as a reload would (plugins compiled
+    /// and configured); print every problem; exits 1 on any.
     Check {
         #[arg(short, long, default_value = "bridge.yaml", env = "FXBRIDGE_CONFIG")]
         config: PathBuf,
