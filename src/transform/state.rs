@@ -207,29 +207,28 @@ impl IsTerminal for OutputSink {
     }
 }
 
-impl StdoutStream for OutputSink {
-    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
+impl OutputSink {
+    fn writer(&self) -> LineWriter {
+        LineWriter {
             route: Arc::clone(&self.route),
             stream: self.stream,
             counters: Arc::clone(&self.counters),
             tail: self.tail.clone(),
             budget: Arc::clone(&self.budget),
             buf: Vec::new(),
-        })
+        }
+    }
+}
+
+impl StdoutStream for OutputSink {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.writer())
     }
 
     /// Lines are logged synchronously during the guest's write (no background
     /// task), so the log has them by the time the call returns.
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter {
-            route: Arc::clone(&self.route),
-            stream: self.stream,
-            counters: Arc::clone(&self.counters),
-            tail: self.tail.clone(),
-            budget: Arc::clone(&self.budget),
-            buf: Vec::new(),
-        })
+        Box::new(self.writer())
     }
 }
 
