@@ -14,7 +14,7 @@
 //!
 //! Around it: [`bridge`] wires and stops the parts, [`reload`] watches the
 //! config and swaps in a new version, [`broker`] embeds an MQTT
-//! broker, [`topic`] matches filters and renders templates, [`message`] holds
+//! broker, [`tls`] builds TLS client settings, [`topic`] matches filters and renders templates, [`message`] holds
 //! the types that travel between stages, [`metrics`] counts and [`admin`] serves
 //! the counters and health over HTTP.
 pub mod ack;
@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod proto;
 pub mod reload;
 pub mod router;
+pub mod tls;
 pub mod topic;
 pub mod transform;
 

@@ -1,11 +1,12 @@
-//! The OpenFx gateway client: one long-lived HTTP/2 channel, many concurrent calls.
+//! The OpenFx gateway client: one long-lived HTTP/2 connection, many concurrent calls.
 //!
 //! Every Invoke carries its own deadline (the gateway's is minutes long), the
 //! number of calls in flight is capped by a semaphore shared by all routes, and
-//! the channel is created lazily, so the bridge starts (and keeps its MQTT
-//! session) while the gateway is still down. TLS is used for `https://` URLs;
-//! the config loader refuses TLS settings with an `http://` URL.
+//! the connection is opened lazily ([`channel`]), so the bridge starts (and keeps
+//! its MQTT session) while the gateway is still down. TLS is used for `https://`
+//! URLs; the config loader refuses TLS settings with an `http://` URL.
 
+pub mod channel;
 pub mod standin;
 
 use std::path::Path;
@@ -15,57 +16,28 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::config::GatewayConfig;
 use crate::proto::fx_gateway_client::FxGatewayClient;
 use crate::proto::InvokeServiceRequest;
+use channel::H2Channel;
 
-/// A cloneable handle on the gateway; clones share the channel and the call limit.
+/// A cloneable handle on the gateway; clones share the connection and the call limit.
 #[derive(Clone)]
 pub struct Gateway {
-    client: FxGatewayClient<Channel>,
+    client: FxGatewayClient<H2Channel>,
     slots: Arc<Semaphore>,
 }
 
 impl Gateway {
-    /// Prepares the channel without connecting; `base` anchors relative TLS paths.
+    /// Prepares the connection without connecting; `base` anchors relative TLS paths.
     pub fn new(cfg: &GatewayConfig, base: &Path) -> Result<Gateway> {
-        let mut endpoint = Endpoint::from_shared(cfg.url.clone())
-            .with_context(|| format!("invalid gateway URL {:?}", cfg.url))?
-            .connect_timeout(cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        if cfg.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            match cfg.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-                Some(ca) => {
-                    let path = base.join(ca);
-                    let pem = std::fs::read(&path)
-                        .with_context(|| format!("cannot read gateway CA {}", path.display()))?;
-                    tls = tls.ca_certificate(Certificate::from_pem(pem));
-                }
-                None => tls = tls.with_native_roots(),
-            }
-            if let Some(t) = &cfg.tls {
-                if let Some(name) = &t.server_name {
-                    tls = tls.domain_name(name.clone());
-                }
-                if let (Some(cert), Some(key)) = (&t.client_cert_file, &t.client_key_file) {
-                    let cert = std::fs::read(base.join(cert))
-                        .context("cannot read gateway client certificate")?;
-                    let key =
-                        std::fs::read(base.join(key)).context("cannot read gateway client key")?;
-                    tls = tls.identity(Identity::from_pem(cert, key));
-                }
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .context("invalid gateway TLS settings")?;
-        }
-        let client = FxGatewayClient::new(endpoint.connect_lazy())
+        let origin: http::Uri = cfg
+            .url
+            .parse()
+            .with_context(|| format!("invalid gateway URL {:?}", cfg.url))?;
+        let client = FxGatewayClient::with_origin(H2Channel::new(cfg, base)?, origin)
             .max_decoding_message_size(cfg.max_message_size.as_usize());
         Ok(Gateway {
             client,

@@ -15,7 +15,6 @@
 pub mod inbound;
 pub mod outbound;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use bytes::Bytes;
 use rumqttc::v5;
 use rumqttc::{TlsConfiguration, Transport};
 
-use crate::config::{Config, Protocol, TlsFiles};
+use crate::config::{Config, Protocol};
 use crate::message::{Inbound, QoS};
 
 /// MQTT's largest packet: what the 3.1.1 reader accepts, so an oversized message
@@ -125,55 +124,6 @@ fn endpoint(url: &str) -> Result<(String, u16, bool)> {
     ))
 }
 
-/// A rustls client config from the system roots or a CA file, with an optional
-/// client certificate.
-fn tls_config(tls: Option<&TlsFiles>, base: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let mut roots = rustls::RootCertStore::empty();
-    match tls.and_then(|t| t.ca_file.as_ref()) {
-        Some(ca) => {
-            let path = base.join(ca);
-            for cert in CertificateDer::pem_file_iter(&path)
-                .with_context(|| format!("cannot read MQTT CA {}", path.display()))?
-            {
-                roots
-                    .add(cert.with_context(|| format!("bad certificate in {}", path.display()))?)
-                    .context("unusable CA certificate")?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                // A system store may hold certificates rustls cannot use; skip those.
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots);
-    let config = match tls.and_then(|t| t.client_cert_file.as_ref().zip(t.client_key_file.as_ref()))
-    {
-        Some((cert, key)) => {
-            let certs = CertificateDer::pem_file_iter(base.join(cert))
-                .context("cannot read MQTT client certificate")?
-                .collect::<Result<Vec<_>, _>>()
-                .context("bad MQTT client certificate")?;
-            let key = PrivateKeyDer::from_pem_file(base.join(key))
-                .context("cannot read MQTT client key")?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .context("unusable MQTT client certificate")?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
-}
-
 /// The sending half of a connection (requests to the event loop).
 #[derive(Clone)]
 pub enum Client {
@@ -197,10 +147,9 @@ pub fn connect(cfg: &Config, role: Role, capacity: usize) -> Result<(Client, Con
         Role::Publisher => (format!("{}-pub", m.client_id), false),
     };
     let transport = if tls {
-        Transport::tls_with_config(TlsConfiguration::Rustls(tls_config(
-            m.tls.as_ref(),
-            &cfg.base_dir,
-        )?))
+        Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
+            crate::tls::client_config(m.tls.as_ref(), &cfg.base_dir, "MQTT")?,
+        )))
     } else {
         Transport::tcp()
     };

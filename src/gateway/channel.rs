@@ -1,0 +1,226 @@
+//! The HTTP/2 connection under the gateway client, held by hand.
+//!
+//! tonic's own `Channel` puts a tower `Buffer` (a queue and a task) in front of
+//! hyper's HTTP/2 client, and hyper spawns one more task per call to stream the
+//! request body. Both are a thread hop per message that the profile showed
+//! (BENCHMARKS.md, fixes 2 and 3). Here tonic's generated client still encodes
+//! and decodes every call, but it talks straight to a cloneable hyper
+//! `SendRequest`, and the request (one small protobuf message) is sent as a
+//! complete body, so a call costs no task of its own.
+//!
+//! The connection is opened on first use and again after it closes; while the
+//! gateway is unreachable every call fails fast with `UNAVAILABLE`, which the
+//! route's retry policy handles. Connecting is serialised, so a burst of calls
+//! on a dead connection makes one attempt, not one each.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tonic::Status;
+
+use crate::config::GatewayConfig;
+
+type Sender = SendRequest<Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A cloneable handle on one HTTP/2 connection to the gateway; a `tower`
+/// service that tonic's generated client accepts.
+#[derive(Clone)]
+pub struct H2Channel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `host:port`, for connecting and for messages.
+    addr: String,
+    host: String,
+    port: u16,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    connect_timeout: Duration,
+    /// The open connection, if any; replaced when it has closed.
+    current: ArcSwapOption<Sender>,
+    /// Held while connecting, so concurrent calls share one attempt.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Channel {
+    /// Prepares a channel to `cfg.url` without connecting; `base` anchors
+    /// relative TLS paths.
+    pub fn new(cfg: &GatewayConfig, base: &Path) -> Result<H2Channel> {
+        let uri: http::Uri = cfg
+            .url
+            .parse()
+            .with_context(|| format!("invalid gateway URL {:?}", cfg.url))?;
+        let secure = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => bail!(
+                "gateway URL {:?} must start with http:// or https://",
+                cfg.url
+            ),
+        };
+        let Some(host) = uri.host() else {
+            bail!("gateway URL {:?} has no host", cfg.url);
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let mut config = crate::tls::client_config(cfg.tls.as_ref(), base, "gateway")?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let name = cfg
+                .tls
+                .as_ref()
+                .and_then(|t| t.server_name.clone())
+                .unwrap_or_else(|| host.clone());
+            let name = rustls::pki_types::ServerName::try_from(name.clone())
+                .with_context(|| format!("invalid gateway TLS server name {name:?}"))?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(H2Channel {
+            inner: Arc::new(Inner {
+                addr: format!("{host}:{port}"),
+                host,
+                port,
+                tls,
+                connect_timeout: cfg.connect_timeout,
+                current: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// The open connection, opening one first when there is none.
+    async fn sender(&self) -> Result<Sender, Status> {
+        if let Some(open) = self.open() {
+            return Ok(open);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(open) = self.open() {
+            return Ok(open);
+        }
+        let sender = tokio::time::timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "cannot connect to the gateway at {}: no connection within {}",
+                    self.addr,
+                    humantime::format_duration(self.connect_timeout)
+                ))
+            })?
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot connect to the gateway at {}: {e:#}",
+                    self.addr
+                ))
+            })?;
+        self.current.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    fn open(&self) -> Option<Sender> {
+        let current = self.current.load();
+        current
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .map(|s| Sender::clone(s))
+    }
+
+    async fn connect(&self) -> Result<Sender> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .context("TCP connect")?;
+        tcp.set_nodelay(true).context("TCP_NODELAY")?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .context("TLS handshake")?;
+                handshake(stream).await
+            }
+        }
+    }
+}
+
+/// The HTTP/2 handshake; the connection runs on its own task until every
+/// sender is gone or the peer closes it.
+async fn handshake<T>(io: T) -> Result<Sender>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(io))
+        .await
+        .context("HTTP/2 handshake")?;
+    tokio::spawn(async move {
+        match connection.await {
+            Ok(()) => tracing::debug!("gateway connection closed"),
+            Err(e) => tracing::warn!(error = %e, "gateway connection lost"),
+        }
+    });
+    Ok(sender)
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2Channel {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is per call: `call` waits for the connection (and for a
+        // free HTTP/2 stream) itself.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            // A unary request is one encoded message: collecting it here is a
+            // poll or two, and a complete body needs no pipe task in hyper.
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))?
+                .to_bytes();
+            parts.headers.insert(
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static(concat!("fxbridge/", env!("CARGO_PKG_VERSION"))),
+            );
+            let request = http::Request::from_parts(parts, Full::new(body));
+            let mut sender = inner.sender().await?;
+            let lost = |e: hyper::Error| {
+                Status::unavailable(format!("gateway connection to {} failed: {e}", inner.addr))
+            };
+            sender.ready().await.map_err(lost)?;
+            let response = sender.send_request(request).await.map_err(lost)?;
+            Ok(response)
+        })
+    }
+}
