@@ -14,6 +14,8 @@ use crate::load::Format;
 /// A WebAssembly plugin from `plugins/dist/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plugin {
+    /// Rust, pre and post hooks that do nothing: the host's own cost.
+    Noop,
     /// Rust, pre and post hooks.
     SensorNormalize,
     /// JavaScript (componentize-js), pre and post hooks.
@@ -25,6 +27,7 @@ pub enum Plugin {
 impl Plugin {
     pub fn file(self) -> &'static str {
         match self {
+            Plugin::Noop => "noop.wasm",
             Plugin::SensorNormalize => "sensor-normalize.wasm",
             Plugin::JsCsv => "js-csv.wasm",
             Plugin::PyFanout => "py-fanout.wasm",
@@ -33,13 +36,14 @@ impl Plugin {
     /// `transform.config` (a YAML flow mapping or `null`).
     fn config(self) -> &'static str {
         match self {
-            Plugin::SensorNormalize | Plugin::JsCsv => "null",
+            Plugin::Noop | Plugin::SensorNormalize | Plugin::JsCsv => "null",
             // Results go to out/fan/<device>/<metric>, under the collector's filter.
             Plugin::PyFanout => "{prefix: out/fan}",
         }
     }
     pub fn format(self) -> Format {
         match self {
+            Plugin::Noop => Format::Plain,
             Plugin::SensorNormalize => Format::SensorJson,
             Plugin::JsCsv => Format::Csv,
             Plugin::PyFanout => Format::FanoutJson,
@@ -218,6 +222,15 @@ pub fn all() -> Vec<Scenario> {
             64,
             TOPICS,
             Open,
+        ),
+        s(
+            "plugin-noop-prepost",
+            "noop (Rust) pre+post hooks: the host's cost per message, no plugin work",
+            bridge(1, Some(Plugin::Noop)),
+            AtLeastOnce,
+            64,
+            TOPICS,
+            Closed,
         ),
         s(
             "plugin-rust-prepost",
