@@ -197,6 +197,7 @@ async fn a_hostile_plugin_dead_letters_its_message_and_the_bridge_carries_on() {
         ("sleep", "timeout", ""),
         ("alloc", "memory_limit", ""),
         ("recurse", "trap", ""),
+        ("deep", "trap", "call stack exhausted"),
         ("unreachable", "trap", "unreachable"),
         ("panic", "trap", ""),
         ("fail", "guest_error", "asked to fail"),

@@ -100,6 +100,16 @@ async fn unbounded_recursion_traps() {
 }
 
 #[tokio::test]
+async fn recursion_in_wasm_locals_hits_the_hosts_stack_limit() {
+    let t = hostile();
+    let e = before(&t, "deep").await.unwrap_err();
+    assert_eq!(e.kind(), "trap", "{e}");
+    // No shadow stack involved: wasmtime's `max_wasm_stack` stops it.
+    assert!(e.to_string().contains("call stack exhausted"), "{e}");
+    assert_fresh(&t).await;
+}
+
+#[tokio::test]
 async fn unreachable_traps() {
     let t = hostile();
     let e = before(&t, "unreachable").await.unwrap_err();

@@ -13,6 +13,7 @@
 //! | `sleep`       | blocks 30 s in the WASI monotonic clock (a host call)      | timeout trap          |
 //! | `alloc`       | grows memory in 8 MiB chunks without bound                 | memory-cap trap       |
 //! | `recurse`     | recurses without bound, 1 KiB of stack per frame           | stack-overflow trap   |
+//! | `deep`        | recurses without bound in wasm locals only (no shadow stack) | `call stack exhausted` trap |
 //! | `unreachable` | executes the `unreachable` instruction                     | trap                  |
 //! | `panic`       | panics (panic = abort: message on stderr, then a trap)     | trap                  |
 //! | `fail`        | returns `err("hostile: asked to fail")`                    | guest error           |
@@ -86,6 +87,7 @@ impl Hostile {
             }
             "alloc" => exhaust_memory(),
             "recurse" => Outcome::Pass(recurse(0).to_string().into_bytes()),
+            "deep" => Outcome::Pass(deep(0, 1).to_string().into_bytes()),
             "unreachable" => execute_unreachable(),
             "panic" => panic!("hostile: asked to panic"),
             "fail" => Outcome::Fail("hostile: asked to fail".to_string()),
@@ -157,6 +159,20 @@ fn recurse(depth: u64) -> u64 {
     }
     let below = recurse(depth + 1);
     below.wrapping_add(u64::from(frame[(depth % 7) as usize]))
+}
+
+/// Recurses without bound keeping its state in wasm locals only: no address is
+/// taken, so nothing goes to Rust's shadow stack in linear memory, and what
+/// stops it is the host's limit on the native wasm stack (`plugins.max_stack`),
+/// not an out-of-bounds access. The work after the call (a rotate, then an xor)
+/// is not an accumulator LLVM can turn into a loop.
+#[inline(never)]
+fn deep(depth: u64, salt: u64) -> u64 {
+    if depth == u64::MAX {
+        return salt;
+    }
+    let below = deep(depth + 1, salt.rotate_left(7) ^ depth);
+    below.rotate_left((depth & 63) as u32) ^ salt
 }
 
 #[cfg(target_arch = "wasm32")]
