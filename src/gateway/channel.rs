@@ -10,13 +10,16 @@
 //!
 //! The connection is opened on first use and again after it closes; while the
 //! gateway is unreachable every call fails fast with `UNAVAILABLE`, which the
-//! route's retry policy handles. Connecting is serialised, so a burst of calls
-//! on a dead connection makes one attempt, not one each.
+//! route's retry policy handles. Connecting is serialised, and a call that
+//! waited while another call's attempt failed takes that failure instead of
+//! trying again: a burst of calls against an unreachable gateway (a black-holed
+//! address that only times out, say) costs one attempt, not one each in turn.
 
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -56,6 +59,9 @@ struct Inner {
     current: ArcSwapOption<Sender>,
     /// Held while connecting, so concurrent calls share one attempt.
     connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts finished so far, and why the last one failed.
+    attempts: AtomicU64,
+    last_failure: Mutex<String>,
 }
 
 impl H2Channel {
@@ -105,6 +111,8 @@ impl H2Channel {
                 connect_timeout: cfg.connect_timeout,
                 current: ArcSwapOption::empty(),
                 connecting: tokio::sync::Mutex::new(()),
+                attempts: AtomicU64::new(0),
+                last_failure: Mutex::new(String::new()),
             }),
         })
     }
@@ -116,27 +124,46 @@ impl Inner {
         if let Some(open) = self.open() {
             return Ok(open);
         }
+        let seen = self.attempts.load(Ordering::Acquire);
         let _connecting = self.connecting.lock().await;
         if let Some(open) = self.open() {
             return Ok(open);
         }
-        let sender = tokio::time::timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| {
-                Status::unavailable(format!(
-                    "cannot connect to the gateway at {}: no connection within {}",
-                    self.addr,
-                    humantime::format_duration(self.connect_timeout)
-                ))
-            })?
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot connect to the gateway at {}: {e:#}",
-                    self.addr
-                ))
-            })?;
-        self.current.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        if self.attempts.load(Ordering::Acquire) != seen {
+            // An attempt failed while this call waited for it: share its outcome.
+            let reason = self
+                .last_failure
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
+            return Err(Status::unavailable(reason));
+        }
+        let outcome = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(sender)) => Ok(sender),
+            Ok(Err(e)) => Err(format!(
+                "cannot connect to the gateway at {}: {e:#}",
+                self.addr
+            )),
+            Err(_) => Err(format!(
+                "cannot connect to the gateway at {}: no connection within {}",
+                self.addr,
+                humantime::format_duration(self.connect_timeout)
+            )),
+        };
+        let result = match outcome {
+            Ok(sender) => {
+                self.current.store(Some(Arc::new(sender.clone())));
+                Ok(sender)
+            }
+            Err(reason) => {
+                if let Ok(mut last) = self.last_failure.lock() {
+                    last.clone_from(&reason);
+                }
+                Err(Status::unavailable(reason))
+            }
+        };
+        self.attempts.fetch_add(1, Ordering::Release);
+        result
     }
 
     fn open(&self) -> Option<Sender> {
