@@ -165,7 +165,7 @@ impl Core {
         let outbound = tokio::spawn(outbound.run(close_outbound.clone()));
 
         let services = Arc::new(Services {
-            gateway: Gateway::new(&config.gateway, &config.base_dir)?,
+            gateway: Gateway::with_metrics(&config.gateway, &config.base_dir, metrics.gateway())?,
             publisher,
             metrics: Arc::clone(metrics),
             stopping: CancellationToken::new(),

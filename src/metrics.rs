@@ -28,6 +28,16 @@ pub struct RouteMetrics {
     pub plugin: Arc<crate::transform::Counters>,
 }
 
+/// Counters of the gateway connection; kept here so a reload that builds a new
+/// gateway client goes on counting.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    /// HTTP/2 connections established.
+    pub connects: AtomicU64,
+    /// Connection attempts that failed (refused, timed out, TLS, handshake).
+    pub connect_failures: AtomicU64,
+}
+
 /// Bridge-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -42,6 +52,7 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload: Mutex<Option<String>>,
+    gateway: Arc<GatewayMetrics>,
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
 }
 
@@ -120,6 +131,11 @@ impl Metrics {
         (self.received.load(Relaxed), self.acked.load(Relaxed))
     }
 
+    /// The gateway connection's counters.
+    pub fn gateway(&self) -> Arc<GatewayMetrics> {
+        Arc::clone(&self.gateway)
+    }
+
     /// The counters of route `name`, created on first use.
     pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,6 +204,18 @@ impl Metrics {
             "Config reloads rejected (the running config was kept).",
             "counter",
             self.reloads_failed.load(Relaxed),
+        );
+        gauge(
+            "gateway_connects_total",
+            "HTTP/2 connections to the gateway established.",
+            "counter",
+            self.gateway.connects.load(Relaxed),
+        );
+        gauge(
+            "gateway_connect_failures_total",
+            "Connection attempts to the gateway that failed.",
+            "counter",
+            self.gateway.connect_failures.load(Relaxed),
         );
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         type Field = fn(&RouteMetrics) -> &AtomicU64;

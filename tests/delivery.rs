@@ -454,6 +454,19 @@ async fn a_gateway_outage_delays_messages_but_loses_none() {
     gw.restart().await;
     results.wait_for_distinct(n, Duration::from_secs(30)).await;
     wait_acked(&bridge, n as u64).await;
+    // The outage shows in the gateway counters: failed attempts while it was
+    // down (the bridge had not connected before), then a connection.
+    let gateway = bridge.metrics.gateway();
+    assert!(
+        gateway.connect_failures.load(Relaxed) >= 1,
+        "{}",
+        bridge.metrics.render()
+    );
+    assert!(
+        gateway.connects.load(Relaxed) >= 1,
+        "{}",
+        bridge.metrics.render()
+    );
     println!(
         "outage {:?}; failed calls {}, answered calls {}",
         down.elapsed(),

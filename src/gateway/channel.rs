@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tonic::Status;
 
 use crate::config::GatewayConfig;
+use crate::metrics::GatewayMetrics;
 
 type Sender = SendRequest<Full<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,12 +63,17 @@ struct Inner {
     /// Connection attempts finished so far, and why the last one failed.
     attempts: AtomicU64,
     last_failure: Mutex<String>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl H2Channel {
     /// Prepares a channel to `cfg.url` without connecting; `base` anchors
-    /// relative TLS paths.
-    pub fn new(cfg: &GatewayConfig, base: &Path) -> Result<H2Channel> {
+    /// relative TLS paths; connections and failures are counted in `metrics`.
+    pub fn new(
+        cfg: &GatewayConfig,
+        base: &Path,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Result<H2Channel> {
         let uri: http::Uri = cfg
             .url
             .parse()
@@ -113,6 +119,7 @@ impl H2Channel {
                 connecting: tokio::sync::Mutex::new(()),
                 attempts: AtomicU64::new(0),
                 last_failure: Mutex::new(String::new()),
+                metrics,
             }),
         })
     }
@@ -152,10 +159,15 @@ impl Inner {
         };
         let result = match outcome {
             Ok(sender) => {
+                self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(gateway = %self.addr, "connected to the gateway");
                 self.current.store(Some(Arc::new(sender.clone())));
                 Ok(sender)
             }
             Err(reason) => {
+                self.metrics
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut last) = self.last_failure.lock() {
                     last.clone_from(&reason);
                 }

@@ -33,11 +33,20 @@ pub struct Gateway {
 impl Gateway {
     /// Prepares the connection without connecting; `base` anchors relative TLS paths.
     pub fn new(cfg: &GatewayConfig, base: &Path) -> Result<Gateway> {
+        Gateway::with_metrics(cfg, base, Arc::default())
+    }
+
+    /// As [`Gateway::new`], counting connections in `metrics`.
+    pub fn with_metrics(
+        cfg: &GatewayConfig,
+        base: &Path,
+        metrics: Arc<crate::metrics::GatewayMetrics>,
+    ) -> Result<Gateway> {
         let origin: http::Uri = cfg
             .url
             .parse()
             .with_context(|| format!("invalid gateway URL {:?}", cfg.url))?;
-        let client = FxGatewayClient::with_origin(H2Channel::new(cfg, base)?, origin)
+        let client = FxGatewayClient::with_origin(H2Channel::new(cfg, base, metrics)?, origin)
             .max_decoding_message_size(cfg.max_message_size.as_usize());
         Ok(Gateway {
             client,
