@@ -25,6 +25,15 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Threads that run the bridge's tasks (default: one per CPU). On a small
+    /// machine shared with the broker, 1 uses less CPU per message (BENCHMARKS.md).
+    #[arg(
+        long,
+        global = true,
+        env = "FXBRIDGE_WORKER_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub worker_threads: Option<u16>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -118,7 +127,11 @@ pub fn main() -> Result<std::process::ExitCode> {
         _ => "info,rumqttd=warn",
     };
     init_logging(cli.log_format, default_filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
