@@ -54,82 +54,71 @@ fn config(yaml: &str) -> GatewayConfig {
     serde_yaml::from_str(yaml).expect("gateway config")
 }
 
+/// One Invoke of `echo` with `input`, through a new client configured by `yaml`.
+async fn invoke_once(
+    yaml: &str,
+    base: &std::path::Path,
+    input: &'static [u8],
+) -> Result<String, tonic::Status> {
+    let gateway = Gateway::new(&config(yaml), base).expect("gateway");
+    gateway
+        .invoke(
+            "echo",
+            bytes::Bytes::from_static(input),
+            Duration::from_secs(5),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn https_with_a_ca_file_invokes_over_tls() {
     let tls = certificate();
     let port = tls_gateway(&tls).await;
+    let base = tls.dir.path();
 
     // The certificate names localhost; the URL's host is an IP, so the name to
     // verify is given explicitly.
-    let by_ip = config(&format!(
+    let by_ip = format!(
         "url: https://127.0.0.1:{port}\ntls:\n  ca_file: ca.pem\n  server_name: localhost\n"
-    ));
-    let gateway = Gateway::new(&by_ip, tls.dir.path()).expect("gateway");
-    let reply = gateway
-        .invoke(
-            "echo",
-            bytes::Bytes::from_static(b"over tls"),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("invoke over TLS");
-    assert_eq!(reply, "over tls");
-    let health = gateway
-        .health_check(Duration::from_secs(5))
-        .await
-        .expect("health check over TLS");
-    assert_eq!(health, "OK");
+    );
+    let reply = invoke_once(&by_ip, base, b"over tls").await;
+    assert_eq!(reply.expect("invoke over TLS"), "over tls");
+    let gateway = Gateway::new(&config(&by_ip), base).expect("gateway");
+    let health = gateway.health_check(Duration::from_secs(5)).await;
+    assert_eq!(health.expect("health check over TLS"), "OK");
 
     // Without server_name, the URL's host is verified.
-    let by_name = config(&format!(
-        "url: https://localhost:{port}\ntls:\n  ca_file: ca.pem\n"
-    ));
-    let gateway = Gateway::new(&by_name, tls.dir.path()).expect("gateway");
-    let reply = gateway
-        .invoke(
-            "echo",
-            bytes::Bytes::from_static(b"\x00\xffbytes"),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("invoke over TLS by host name");
-    assert_eq!(reply, "\u{0}\u{fffd}bytes");
+    let by_name = format!("url: https://localhost:{port}\ntls:\n  ca_file: ca.pem\n");
+    let reply = invoke_once(&by_name, base, b"\x00\xffbytes").await;
+    assert_eq!(
+        reply.expect("invoke over TLS by host name"),
+        "\u{0}\u{fffd}bytes"
+    );
 }
 
 #[tokio::test]
 async fn https_refuses_a_server_it_does_not_trust() {
     let tls = certificate();
     let port = tls_gateway(&tls).await;
-
-    // The system roots do not hold the test's self-signed certificate.
-    let untrusted = config(&format!("url: https://localhost:{port}\n"));
-    let gateway = Gateway::new(&untrusted, tls.dir.path()).expect("gateway");
-    let err = gateway
-        .invoke(
-            "echo",
-            bytes::Bytes::from_static(b"x"),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect_err("an untrusted certificate must fail the call");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("TLS handshake"), "{}", err.message());
-
-    // A name the certificate does not carry fails the same way.
-    let wrong_name = config(&format!(
-        "url: https://127.0.0.1:{port}\ntls:\n  ca_file: ca.pem\n  server_name: gateway.example\n"
-    ));
-    let gateway = Gateway::new(&wrong_name, tls.dir.path()).expect("gateway");
-    let err = gateway
-        .invoke(
-            "echo",
-            bytes::Bytes::from_static(b"x"),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect_err("a certificate for another name must fail the call");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("TLS handshake"), "{}", err.message());
+    let refused = [
+        // The system roots do not hold the test's self-signed certificate.
+        format!("url: https://localhost:{port}\n"),
+        // A name the certificate does not carry.
+        format!(
+            "url: https://127.0.0.1:{port}\ntls:\n  ca_file: ca.pem\n  server_name: gateway.example\n"
+        ),
+    ];
+    for yaml in refused {
+        let err = invoke_once(&yaml, tls.dir.path(), b"x")
+            .await
+            .expect_err("the call must fail");
+        assert_eq!(err.code(), Code::Unavailable, "{yaml}: {err:?}");
+        assert!(
+            err.message().contains("TLS handshake"),
+            "{yaml}: {}",
+            err.message()
+        );
+    }
 }
 
 /// Serves the echo function in plaintext on a free port, counting the TCP
