@@ -8,6 +8,14 @@
 //! ([`RouteDone::success`]); a route that was cancelled (shutdown past the drain
 //! deadline) leaves the message unacknowledged, so the broker redelivers it.
 //!
+//! After a lost connection the broker redelivers what was not acknowledged,
+//! while the bridge may still hold those messages. A [`Superseder`] lets the
+//! connection task settle such a redelivery against the copy from before: a copy
+//! no route has started yet is *superseded* (dropped unprocessed, the redelivery
+//! is processed instead); a copy that finished successfully means the
+//! redelivery only needs its acknowledgement. A copy in progress runs to its end
+//! and the redelivery is processed as well (a duplicate).
+//!
 //! [`AckTracker`] lives in the connection task. It numbers deliveries of one
 //! connection (an *epoch*), holds finished ones until all earlier ones have
 //! finished, and then releases their acks in order. After a disconnect the broker
@@ -15,18 +23,20 @@
 //! rather than sent over a new connection where their packet ids mean nothing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::message::QoS;
 
-/// Identifies a tracked delivery: its connection epoch and its sequence number.
+/// Identifies a tracked delivery: its connection epoch, its sequence number and
+/// the broker's packet id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckToken {
     pub epoch: u64,
     pub seq: u64,
+    pub pkid: u16,
 }
 
 /// The outcome of one delivery, sent to the connection task.
@@ -38,9 +48,21 @@ pub struct Finished {
     pub ack: bool,
 }
 
+/// The life of a delivery, as seen by [`Superseder`]: no route has started it.
+const WAITING: u8 = 0;
+/// A route has started it: it will not be superseded.
+const STARTED: u8 = 1;
+/// A redelivery replaced it: routes drop it unprocessed.
+const SUPERSEDED: u8 = 2;
+/// Every route finished it: it deserved its acknowledgement.
+const DONE: u8 = 3;
+/// It ended without every route finishing it.
+const FAILED: u8 = 4;
+
 struct Shared {
     routes: usize,
     succeeded: AtomicUsize,
+    state: Arc<AtomicU8>,
     token: Option<AckToken>,
     done: mpsc::UnboundedSender<Finished>,
     /// Returned when the delivery is finished: bounds the messages held at once.
@@ -50,6 +72,8 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         let ack = self.succeeded.load(Ordering::Acquire) == self.routes;
+        self.state
+            .store(if ack { DONE } else { FAILED }, Ordering::Release);
         // The receiver is gone only when the connection task has stopped, and
         // then there is nobody left to acknowledge to.
         let _ = self.done.send(Finished {
@@ -75,6 +99,7 @@ impl Completion {
             shared: Arc::new(Shared {
                 routes,
                 succeeded: AtomicUsize::new(0),
+                state: Arc::new(AtomicU8::new(WAITING)),
                 token,
                 done,
                 _permit: permit,
@@ -88,6 +113,53 @@ impl Completion {
             shared: Arc::clone(&self.shared),
         }
     }
+
+    /// A handle on this delivery's fate that does not keep it alive.
+    pub fn superseder(&self) -> Superseder {
+        Superseder {
+            state: Arc::clone(&self.shared.state),
+        }
+    }
+}
+
+/// What the connection task knows of a delivery it may see redelivered.
+#[derive(Debug, Clone)]
+pub struct Superseder {
+    state: Arc<AtomicU8>,
+}
+
+/// What to do with a redelivery, given the copy from before the reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Process it: the earlier copy was waiting and is now dropped, or it is
+    /// in progress or failed.
+    Process,
+    /// The earlier copy was processed completely: acknowledge without processing.
+    AlreadyDone,
+}
+
+impl Superseder {
+    /// Settles a redelivery of this delivery: supersedes it if no route has
+    /// started it yet.
+    pub fn settle(&self) -> Redelivery {
+        match self
+            .state
+            .compare_exchange(WAITING, SUPERSEDED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Err(DONE) => Redelivery::AlreadyDone,
+            _ => Redelivery::Process,
+        }
+    }
+
+    /// Whether some route still holds the delivery.
+    pub fn is_held(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), WAITING | STARTED)
+    }
+
+    /// Whether a redelivery could still be settled against it.
+    pub fn is_settleable(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), WAITING | STARTED | DONE)
+    }
 }
 
 /// One route's share of a delivery. Dropping it without [`RouteDone::success`]
@@ -97,6 +169,20 @@ pub struct RouteDone {
 }
 
 impl RouteDone {
+    /// Called by a route before it does any work: false when a redelivery has
+    /// superseded the message, which the route must then drop unprocessed.
+    pub fn start(&self) -> bool {
+        match self.shared.state.compare_exchange(
+            WAITING,
+            STARTED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == STARTED,
+        }
+    }
+
     /// The route finished with this message (invoked and republished, skipped, or
     /// dead-lettered): it may be acknowledged as far as this route is concerned.
     pub fn success(self) {
@@ -144,6 +230,7 @@ impl AckTracker {
         AckToken {
             epoch: self.epoch,
             seq,
+            pkid,
         }
     }
 
@@ -176,6 +263,11 @@ impl AckTracker {
             self.head += 1;
         }
         due
+    }
+
+    /// The current connection's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The connection was lost: nothing tracked so far may be acknowledged any more.
@@ -241,7 +333,11 @@ mod tests {
     #[test]
     fn completion_acks_only_when_every_route_succeeded() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let token = Some(AckToken { epoch: 0, seq: 0 });
+        let token = Some(AckToken {
+            epoch: 0,
+            seq: 0,
+            pkid: 1,
+        });
         let c = Completion::new(2, token, tx.clone(), None);
         let (r1, r2) = (c.route(), c.route());
         drop(c);
@@ -259,5 +355,54 @@ mod tests {
                 ack: true
             }
         );
+    }
+
+    #[test]
+    fn a_redelivery_supersedes_a_waiting_copy_and_only_a_waiting_one() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let token = Some(AckToken {
+            epoch: 0,
+            seq: 0,
+            pkid: 1,
+        });
+
+        // Superseded before any route started: every route drops it.
+        let c = Completion::new(2, token, tx.clone(), None);
+        let (r1, r2) = (c.route(), c.route());
+        let sup = c.superseder();
+        drop(c);
+        assert!(sup.is_held());
+        assert_eq!(sup.settle(), Redelivery::Process);
+        assert!(!r1.start());
+        assert!(!r2.start());
+        assert!(!sup.is_held());
+        drop((r1, r2));
+        assert_eq!(rx.try_recv().unwrap(), Finished { token, ack: false });
+        assert!(!sup.is_settleable(), "a failed copy settles nothing");
+
+        // Started by one route: not superseded, and the other route runs too;
+        // once both finished, a redelivery needs only its acknowledgement.
+        let c = Completion::new(2, token, tx.clone(), None);
+        let (r1, r2) = (c.route(), c.route());
+        let sup = c.superseder();
+        drop(c);
+        assert!(r1.start());
+        assert_eq!(sup.settle(), Redelivery::Process);
+        assert!(r2.start());
+        r1.success();
+        r2.success();
+        assert_eq!(rx.try_recv().unwrap(), Finished { token, ack: true });
+        assert!(sup.is_settleable());
+        assert_eq!(sup.settle(), Redelivery::AlreadyDone);
+
+        // A route that did not finish: the redelivery is processed.
+        let c = Completion::new(1, token, tx, None);
+        let r1 = c.route();
+        let sup = c.superseder();
+        drop(c);
+        assert!(r1.start());
+        drop(r1);
+        assert_eq!(rx.try_recv().unwrap(), Finished { token, ack: false });
+        assert_eq!(sup.settle(), Redelivery::Process);
     }
 }

@@ -22,6 +22,9 @@ pub struct RouteMetrics {
     pub dead_letters: AtomicU64,
     /// Messages that did not finish (shutdown past the drain deadline).
     pub abandoned: AtomicU64,
+    /// Waiting copies dropped because the broker redelivered the message after
+    /// a reconnect (the redelivery is processed instead).
+    pub superseded: AtomicU64,
     /// Time from dispatch to done, summed, in microseconds.
     pub latency_us_sum: AtomicU64,
     /// The route's transform plugin (calls, errors by kind, instances).
@@ -49,6 +52,7 @@ pub struct Metrics {
     unrouted: AtomicU64,
     backpressure: AtomicU64,
     subscription_refused: AtomicU64,
+    redeliveries_already_done: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload: Mutex<Option<String>>,
@@ -93,6 +97,15 @@ impl Metrics {
     }
     pub fn backpressure(&self) {
         self.backpressure.fetch_add(1, Relaxed);
+    }
+    /// A redelivery of a message processed completely before a reconnect,
+    /// acknowledged without processing it again.
+    pub fn redelivery_already_done(&self) {
+        self.redeliveries_already_done.fetch_add(1, Relaxed);
+    }
+    /// How many redeliveries were acknowledged without processing.
+    pub fn redeliveries_already_done(&self) -> u64 {
+        self.redeliveries_already_done.load(Relaxed)
     }
     pub fn subscription_refused(&self) {
         self.subscription_refused.fetch_add(1, Relaxed);
@@ -194,6 +207,12 @@ impl Metrics {
             self.subscription_refused.load(Relaxed),
         );
         gauge(
+            "redeliveries_already_done_total",
+            "Redeliveries of messages processed before a reconnect, acknowledged without processing again.",
+            "counter",
+            self.redeliveries_already_done.load(Relaxed),
+        );
+        gauge(
             "reloads_total",
             "Successful config reloads.",
             "counter",
@@ -219,7 +238,7 @@ impl Metrics {
         );
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         type Field = fn(&RouteMetrics) -> &AtomicU64;
-        let fields: [(&str, &str, Field); 9] = [
+        let fields: [(&str, &str, Field); 10] = [
             (
                 "route_messages_total",
                 "Messages taken by the route.",
@@ -247,6 +266,11 @@ impl Metrics {
                 "route_abandoned_total",
                 "Messages left unacknowledged at shutdown.",
                 |r| &r.abandoned,
+            ),
+            (
+                "route_superseded_total",
+                "Waiting copies dropped because the broker redelivered them after a reconnect.",
+                |r| &r.superseded,
             ),
             (
                 "route_latency_microseconds_sum",

@@ -68,15 +68,22 @@ struct Abandoned;
 
 /// Processes `job` on route `ctx` and reports its fate.
 pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
-    ctx.metrics
-        .messages
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Job {
         msg,
         captures,
         done,
         dispatched,
     } = job;
+    if !done.start() {
+        // The connection was lost while this copy waited, and the broker has
+        // since redelivered the message: the redelivery is processed instead.
+        count(&ctx.metrics.superseded);
+        debug!(route = ctx.route.name(), topic = %msg.topic, "dropped: superseded by the broker's redelivery");
+        return;
+    }
+    ctx.metrics
+        .messages
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match run(ctx, svc, &msg, &captures).await {
         Ok(()) => {
             let us = u64::try_from(dispatched.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -8,21 +8,35 @@
 //! connection fails (`EventLoop::clean`), and this task switches to a new epoch in
 //! the same step, before any later ack could be queued.
 //!
+//! Redeliveries: the deliveries still held when a connection is lost are
+//! remembered by packet id (with their topic and a hash of the payload). When
+//! the broker resends one after the reconnect (DUP set, same packet id, topic
+//! and payload), it is settled against the copy from before ([`crate::ack`]): a
+//! copy no route has started is dropped and the redelivery processed; a copy
+//! that was processed completely only needs the redelivery acknowledged. A copy
+//! the broker does not resend (a broker that lost its session) is processed as
+//! usual, so nothing depends on the broker having kept it. Packet ids identify
+//! the message because a broker that keeps the session cannot reuse one that is
+//! not acknowledged; without a session (`session_present` false) nothing earlier
+//! is remembered.
+//!
 //! Backpressure: at most `mqtt.max_pending` deliveries are held at once (a
 //! semaphore permit travels with each one). At the limit the task stops polling,
 //! so the broker stops sending (TCP flow control, and under MQTT 5 also Receive
 //! Maximum); nothing is buffered without bound.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{Client, Connection, Event, Received, Reconnect, Subscription};
-use crate::ack::{AckTracker, Completion, Finished};
+use crate::ack::{AckTracker, Completion, Finished, Redelivery, Superseder};
 use crate::config::Backoff;
 use crate::message::{self, QoS};
 use crate::metrics::Metrics;
@@ -72,6 +86,27 @@ pub struct SubscriberTask {
     state: State,
 }
 
+/// A QoS 1/2 delivery of the current connection that the routes still hold.
+struct Held {
+    topic: String,
+    payload: Bytes,
+    superseder: Superseder,
+}
+
+/// A delivery of an earlier connection that the broker may redeliver.
+struct Earlier {
+    topic: String,
+    payload_len: usize,
+    payload_hash: u64,
+    superseder: Superseder,
+}
+
+fn payload_hash(payload: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
 /// What the task keeps besides the event loop (borrowed while a poll is pending).
 struct State {
     client: Client,
@@ -92,6 +127,12 @@ struct State {
     /// the first complete subscription of this process (the config may have
     /// changed while the bridge was down).
     must_subscribe: bool,
+    /// This connection's QoS 1/2 deliveries not yet finished, by packet id.
+    held: HashMap<u16, Held>,
+    /// Earlier connections' deliveries that a redelivery may settle, by packet id.
+    earlier: HashMap<u16, Earlier>,
+    /// At most this many `earlier` entries are kept (finished ones go first).
+    earlier_limit: usize,
 }
 
 impl SubscriberTask {
@@ -121,6 +162,9 @@ impl SubscriberTask {
             awaiting_suback: false,
             subacks_due: 0,
             must_subscribe: true,
+            held: HashMap::new(),
+            earlier: HashMap::new(),
+            earlier_limit: max_pending.saturating_mul(2).saturating_add(64),
         };
         (SubscriberTask { conn, state }, Subscriptions { tx })
     }
@@ -196,6 +240,7 @@ impl State {
                         self.connected = false;
                         let lost = self.tracker.len();
                         self.tracker.new_epoch();
+                        self.remember_for_redelivery();
                         self.metrics.set_connected(false);
                         warn!(error = %e, unacknowledged = lost, "lost the broker; reconnecting (unacknowledged messages will be redelivered)");
                     } else {
@@ -220,6 +265,11 @@ impl State {
             subscriptions = self.subs.len(),
             "connected to the broker"
         );
+        if !session_present {
+            // No session: the broker redelivers nothing and its packet ids start
+            // afresh, so no earlier delivery can be recognised any more.
+            self.earlier.clear();
+        }
         // With a resumed session the broker still has our subscriptions; without
         // one (clean session, or a broker that lost it) rumqttc does not
         // resubscribe by itself. The first connection of a process always
@@ -241,9 +291,23 @@ impl State {
         let Received {
             msg,
             pkid,
+            dup,
             subscription_ids,
         } = received;
         self.metrics.received();
+        if dup
+            && msg.qos != QoS::AtMostOnce
+            && self.settle_redelivery(pkid, &msg) == Redelivery::AlreadyDone
+        {
+            // Processed completely before the reconnect: only the ack was lost.
+            self.metrics.redelivery_already_done();
+            let token = self.tracker.register(msg.qos, pkid);
+            self.finished(Finished {
+                token: Some(token),
+                ack: true,
+            });
+            return true;
+        }
         let permit = loop {
             if let Ok(p) = Arc::clone(&self.pending).try_acquire_owned() {
                 break p;
@@ -261,17 +325,69 @@ impl State {
             }
         };
         let token = (msg.qos != QoS::AtMostOnce).then(|| self.tracker.register(msg.qos, pkid));
+        let held = token.map(|_| (msg.topic.clone(), msg.payload.clone()));
         let done_tx = self.done_tx.clone();
         let mut permit = Some(permit);
+        let mut superseder = None;
         self.dispatch
             .dispatch(msg, &subscription_ids, &mut |routes| {
-                Completion::new(routes, token, done_tx.clone(), permit.take())
+                let completion = Completion::new(routes, token, done_tx.clone(), permit.take());
+                superseder = Some(completion.superseder());
+                completion
             });
+        if let (Some((topic, payload)), Some(superseder)) = (held, superseder) {
+            if superseder.is_held() {
+                let held = Held {
+                    topic,
+                    payload,
+                    superseder,
+                };
+                self.held.insert(pkid, held);
+            }
+        }
         true
+    }
+
+    /// After a lost connection: what the routes still hold may come back as
+    /// redeliveries; keep enough to recognise them (not the payloads).
+    fn remember_for_redelivery(&mut self) {
+        for (pkid, h) in self.held.drain() {
+            let earlier = Earlier {
+                payload_len: h.payload.len(),
+                payload_hash: payload_hash(&h.payload),
+                topic: h.topic,
+                superseder: h.superseder,
+            };
+            self.earlier.insert(pkid, earlier);
+        }
+        self.earlier.retain(|_, e| e.superseder.is_settleable());
+        if self.earlier.len() > self.earlier_limit {
+            self.earlier.retain(|_, e| e.superseder.is_held());
+        }
+    }
+
+    /// A redelivery of `pkid`: settles it against an earlier connection's copy
+    /// of the same message, if there is one.
+    fn settle_redelivery(&mut self, pkid: u16, msg: &message::Inbound) -> Redelivery {
+        let Some(earlier) = self.earlier.remove(&pkid) else {
+            return Redelivery::Process;
+        };
+        if earlier.topic != msg.topic
+            || earlier.payload_len != msg.payload.len()
+            || earlier.payload_hash != payload_hash(&msg.payload)
+        {
+            return Redelivery::Process;
+        }
+        let outcome = earlier.superseder.settle();
+        debug!(pkid, topic = %msg.topic, ?outcome, "redelivery of a message held before the reconnect");
+        outcome
     }
 
     fn finished(&mut self, done: Finished) {
         let Some(token) = done.token else { return };
+        if token.epoch == self.tracker.epoch() {
+            self.held.remove(&token.pkid);
+        }
         for (qos, pkid) in self.tracker.finish(token, done.ack) {
             match self.client.try_ack(qos, pkid) {
                 Ok(()) => self.metrics.acked(),

@@ -42,6 +42,8 @@ pub enum Role {
 pub struct Received {
     pub msg: Inbound,
     pub pkid: u16,
+    /// The broker's DUP flag: a redelivery of a message it sent before.
+    pub dup: bool,
     /// MQTT 5 subscription identifiers of the subscriptions that matched.
     pub subscription_ids: Vec<usize>,
 }
@@ -343,6 +345,7 @@ fn event_v4(ev: rumqttc::Event) -> Event {
         },
         E::Incoming(Packet::Publish(p)) => Event::Publish(Received {
             pkid: p.pkid,
+            dup: p.dup,
             subscription_ids: Vec::new(),
             msg: Inbound {
                 topic: p.topic,
@@ -396,6 +399,7 @@ fn event_v5(ev: v5::Event) -> Event {
             };
             Event::Publish(Received {
                 pkid: p.pkid,
+                dup: p.dup,
                 subscription_ids,
                 msg: Inbound {
                     // MQTT 5 topics are UTF-8 by the spec; a broker that breaks it
