@@ -291,6 +291,13 @@ impl AckTracker {
 mod tests {
     use super::*;
 
+    /// A delivery's token for tests of [`Completion`].
+    const TOKEN: Option<AckToken> = Some(AckToken {
+        epoch: 0,
+        seq: 0,
+        pkid: 1,
+    });
+
     #[test]
     fn acks_are_released_in_arrival_order() {
         let mut t = AckTracker::new();
@@ -333,11 +340,7 @@ mod tests {
     #[test]
     fn completion_acks_only_when_every_route_succeeded() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let token = Some(AckToken {
-            epoch: 0,
-            seq: 0,
-            pkid: 1,
-        });
+        let token = TOKEN;
         let c = Completion::new(2, token, tx.clone(), None);
         let (r1, r2) = (c.route(), c.route());
         drop(c);
@@ -360,11 +363,7 @@ mod tests {
     #[test]
     fn a_redelivery_supersedes_a_waiting_copy_and_only_a_waiting_one() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let token = Some(AckToken {
-            epoch: 0,
-            seq: 0,
-            pkid: 1,
-        });
+        let token = TOKEN;
 
         // Superseded before any route started: every route drops it.
         let c = Completion::new(2, token, tx.clone(), None);
