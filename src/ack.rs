@@ -3,8 +3,9 @@
 //! arrived (MQTT-4.6.0-2), although routes finish out of order.
 //!
 //! [`Completion`] is the shared fate of one delivery: every route handling it
-//! holds a [`RouteDone`], and when the last one is dropped the delivery's outcome
-//! is sent to the connection task. It counts as done only if every route said so
+//! holds a [`RouteDone`] (one per [`Completion::route`] call), and when the last
+//! one and the completion itself are dropped, the delivery's outcome is sent to
+//! the connection task. It counts as done only if every route said so
 //! ([`RouteDone::success`]); a route that was cancelled (shutdown past the drain
 //! deadline) leaves the message unacknowledged, so the broker redelivers it.
 //!
@@ -23,7 +24,7 @@
 //! rather than sent over a new connection where their packet ids mean nothing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -48,20 +49,48 @@ pub struct Finished {
     pub ack: bool,
 }
 
-/// The life of a delivery, as seen by [`Superseder`]: no route has started it.
-const WAITING: u8 = 0;
-/// A route has started it: it will not be superseded.
-const STARTED: u8 = 1;
-/// A redelivery replaced it: routes drop it unprocessed.
-const SUPERSEDED: u8 = 2;
-/// Every route finished it: it deserved its acknowledgement.
-const DONE: u8 = 3;
-/// It ended without every route finishing it.
-const FAILED: u8 = 4;
+/// The life of a delivery, as seen by [`Superseder`] (stored as its `u8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Life {
+    /// No route has started it.
+    Waiting = 0,
+    /// A route has started it: it will not be superseded.
+    Started = 1,
+    /// A redelivery replaced it: routes drop it unprocessed.
+    Superseded = 2,
+    /// Every route finished it: it deserved its acknowledgement.
+    Done = 3,
+    /// It ended without every route finishing it.
+    Failed = 4,
+}
+
+impl Life {
+    fn load(cell: &AtomicU8) -> Life {
+        match cell.load(Ordering::Acquire) {
+            0 => Life::Waiting,
+            1 => Life::Started,
+            2 => Life::Superseded,
+            3 => Life::Done,
+            _ => Life::Failed,
+        }
+    }
+
+    /// Moves `cell` from `from` to `to`; on failure returns what it holds.
+    fn advance(cell: &AtomicU8, from: Life, to: Life) -> Result<(), Life> {
+        cell.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|_| Life::load(cell))
+    }
+}
 
 struct Shared {
-    routes: usize,
+    /// Routes handed the delivery ([`Completion::route`] calls).
+    routes: AtomicUsize,
     succeeded: AtomicUsize,
+    /// Set when the bridge could not hand the delivery to its routes (it was
+    /// stopping): it must not be acknowledged.
+    refused: AtomicBool,
     state: Arc<AtomicU8>,
     token: Option<AckToken>,
     done: mpsc::UnboundedSender<Finished>,
@@ -71,9 +100,10 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let ack = self.succeeded.load(Ordering::Acquire) == self.routes;
-        self.state
-            .store(if ack { DONE } else { FAILED }, Ordering::Release);
+        let ack = !self.refused.load(Ordering::Acquire)
+            && self.succeeded.load(Ordering::Acquire) == self.routes.load(Ordering::Acquire);
+        let life = if ack { Life::Done } else { Life::Failed };
+        self.state.store(life as u8, Ordering::Release);
         // The receiver is gone only when the connection task has stopped, and
         // then there is nobody left to acknowledge to.
         let _ = self.done.send(Finished {
@@ -90,16 +120,16 @@ pub struct Completion {
 
 impl Completion {
     pub fn new(
-        routes: usize,
         token: Option<AckToken>,
         done: mpsc::UnboundedSender<Finished>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Completion {
         Completion {
             shared: Arc::new(Shared {
-                routes,
+                routes: AtomicUsize::new(0),
                 succeeded: AtomicUsize::new(0),
-                state: Arc::new(AtomicU8::new(WAITING)),
+                refused: AtomicBool::new(false),
+                state: Arc::new(AtomicU8::new(Life::Waiting as u8)),
                 token,
                 done,
                 _permit: permit,
@@ -107,11 +137,20 @@ impl Completion {
         }
     }
 
-    /// A handle for one of the routes.
+    /// A handle for one more route that takes the delivery. Every handle is
+    /// made before the completion is dropped (the router makes them all in one
+    /// dispatch), so the count is final before the outcome is decided.
     pub fn route(&self) -> RouteDone {
+        self.shared.routes.fetch_add(1, Ordering::AcqRel);
         RouteDone {
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// The delivery could not be handed to its routes: it is not acknowledged
+    /// (the broker redelivers it in the next session).
+    pub fn refuse(&self) {
+        self.shared.refused.store(true, Ordering::Release);
     }
 
     /// A handle on this delivery's fate that does not keep it alive.
@@ -142,23 +181,23 @@ impl Superseder {
     /// Settles a redelivery of this delivery: supersedes it if no route has
     /// started it yet.
     pub fn settle(&self) -> Redelivery {
-        match self
-            .state
-            .compare_exchange(WAITING, SUPERSEDED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Err(DONE) => Redelivery::AlreadyDone,
+        match Life::advance(&self.state, Life::Waiting, Life::Superseded) {
+            Err(Life::Done) => Redelivery::AlreadyDone,
             _ => Redelivery::Process,
         }
     }
 
     /// Whether some route still holds the delivery.
     pub fn is_held(&self) -> bool {
-        matches!(self.state.load(Ordering::Acquire), WAITING | STARTED)
+        matches!(Life::load(&self.state), Life::Waiting | Life::Started)
     }
 
     /// Whether a redelivery could still be settled against it.
     pub fn is_settleable(&self) -> bool {
-        matches!(self.state.load(Ordering::Acquire), WAITING | STARTED | DONE)
+        matches!(
+            Life::load(&self.state),
+            Life::Waiting | Life::Started | Life::Done
+        )
     }
 }
 
@@ -172,14 +211,9 @@ impl RouteDone {
     /// Called by a route before it does any work: false when a redelivery has
     /// superseded the message, which the route must then drop unprocessed.
     pub fn start(&self) -> bool {
-        match self.shared.state.compare_exchange(
-            WAITING,
-            STARTED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(state) => state == STARTED,
+        match Life::advance(&self.shared.state, Life::Waiting, Life::Started) {
+            Ok(()) => true,
+            Err(life) => life == Life::Started,
         }
     }
 
@@ -341,7 +375,7 @@ mod tests {
     fn completion_acks_only_when_every_route_succeeded() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let token = TOKEN;
-        let c = Completion::new(2, token, tx.clone(), None);
+        let c = Completion::new(token, tx.clone(), None);
         let (r1, r2) = (c.route(), c.route());
         drop(c);
         r1.success();
@@ -349,7 +383,8 @@ mod tests {
         drop(r2); // cancelled, never succeeded
         assert_eq!(rx.try_recv().unwrap(), Finished { token, ack: false });
 
-        let c = Completion::new(0, None, tx, None);
+        // No route took it: nothing to wait for.
+        let c = Completion::new(None, tx.clone(), None);
         drop(c);
         assert_eq!(
             rx.try_recv().unwrap(),
@@ -358,6 +393,12 @@ mod tests {
                 ack: true
             }
         );
+
+        // Refused (the bridge was stopping): never acknowledged.
+        let c = Completion::new(token, tx, None);
+        c.refuse();
+        drop(c);
+        assert_eq!(rx.try_recv().unwrap(), Finished { token, ack: false });
     }
 
     #[test]
@@ -366,7 +407,7 @@ mod tests {
         let token = TOKEN;
 
         // Superseded before any route started: every route drops it.
-        let c = Completion::new(2, token, tx.clone(), None);
+        let c = Completion::new(token, tx.clone(), None);
         let (r1, r2) = (c.route(), c.route());
         let sup = c.superseder();
         drop(c);
@@ -381,7 +422,7 @@ mod tests {
 
         // Started by one route: not superseded, and the other route runs too;
         // once both finished, a redelivery needs only its acknowledgement.
-        let c = Completion::new(2, token, tx.clone(), None);
+        let c = Completion::new(token, tx.clone(), None);
         let (r1, r2) = (c.route(), c.route());
         let sup = c.superseder();
         drop(c);
@@ -395,7 +436,7 @@ mod tests {
         assert_eq!(sup.settle(), Redelivery::AlreadyDone);
 
         // A route that did not finish: the redelivery is processed.
-        let c = Completion::new(1, token, tx, None);
+        let c = Completion::new(token, tx, None);
         let r1 = c.route();
         let sup = c.superseder();
         drop(c);

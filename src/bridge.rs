@@ -4,19 +4,26 @@
 //! Two layers. The process layer ([`Bridge`]) owns what lives as long as the
 //! process: the metrics, the admin endpoint, the embedded broker and the
 //! WebAssembly engine. The core ([`Core`]) owns what one connection setting
-//! needs: the publisher and subscriber connections, the gateway channel, the
+//! needs: the publisher, one subscriber per session, the gateway channel, the
 //! router and its route workers. A reload that changes only routes swaps the
-//! routing table inside the running core; one that changes the connection
-//! settings (`mqtt`, `gateway`, `shutdown`, `plugins`) drains the core and starts
-//! a new one (a clean reconnect with the same session).
+//! routing table inside the running core ([`Core::swap_routes`]); one that
+//! changes the connection settings (`mqtt`, `gateway`, `shutdown`, `plugins`,
+//! `unrouted`, `state_dir`) builds the new core's settings first
+//! ([`Core::prepare`], which can fail and changes nothing), then drains the old
+//! core and starts the new one ([`Prepared::start`], which cannot fail).
 //!
 //! Start: embedded broker (if configured) -> publisher connection -> gateway
-//! channel -> plugins -> route workers -> subscriber connection (which subscribes
-//! once connected). Stop (SIGTERM/SIGINT or the caller's shutdown future): stop
-//! reading; let in-flight messages finish and be acknowledged, for up to
-//! `shutdown.drain_timeout`; cancel what is left (it stays unacknowledged, so the
-//! broker redelivers it); send the last acks and DISCONNECT, keeping the session.
+//! channel -> plugins -> route workers -> one subscriber per session (each
+//! subscribes once connected), and a retiring subscriber for every session an
+//! earlier run left at the broker. Stop (SIGTERM/SIGINT, the caller's shutdown
+//! future, or a reconnecting reload): every subscriber stops handing messages
+//! to the router and says so; only then are the routes closed, so no message
+//! is routed against a table being torn down. In-flight messages finish and
+//! are acknowledged, for up to `shutdown.drain_timeout`; what is left is
+//! cancelled (it stays unacknowledged, so the broker redelivers it); the
+//! subscribers send their last acks and DISCONNECT, keeping their sessions.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -31,17 +38,16 @@ use tracing::{info, warn};
 use crate::config::{Config, PluginsConfig, Route};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::mqtt::inbound::{SubscriberTask, Subscriptions};
+use crate::mqtt::inbound::{self, Dispatch, SessionHandle, SessionSpec};
 use crate::mqtt::outbound::PublisherTask;
-use crate::mqtt::{self, Role};
+use crate::mqtt::state_file::StateFile;
+use crate::mqtt::{Endpoint, Subscription};
 use crate::pipeline::{RouteCtx, Services};
-use crate::router::{Plan, Router, TableBuilder};
+use crate::router::{Plan, Router, Table, TableBuilder};
 use crate::transform::{PluginHost, RouteTransform};
 
-/// Requests that may wait in rumqttc's channel; acks never exceed `max_pending`.
-fn channel_capacity(cfg: &Config) -> usize {
-    cfg.mqtt.max_pending + 1024
-}
+/// Publishes that may wait in the publisher's queue to rumqttc.
+const PUBLISH_QUEUE: usize = 1024;
 
 /// sha256 of a file, hex.
 pub fn file_digest(path: &Path) -> Result<String> {
@@ -83,14 +89,15 @@ pub async fn route_ctx(
 ) -> Result<Arc<RouteCtx>> {
     let route_metrics = metrics.route(route.name());
     let (transform, plugin_digest) = match &route.component_path {
-        Some(path) => {
-            let digest = file_digest(path)?;
+        // The plugin hashes the bytes it compiled: no second read of the file.
+        Some(_) => {
             let t = RouteTransform::for_route_with_counters(
                 &plugins.host()?,
                 route,
                 Arc::clone(&route_metrics.plugin),
             )
             .await?;
+            let digest = t.plugin().sha256_hex();
             (Some(t), Some(digest))
         }
         None => (None, None),
@@ -131,96 +138,125 @@ pub async fn load_routes(
     }
 }
 
+/// What a route swap changed, by route name and filter.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+    pub subscribed: Vec<String>,
+    pub unsubscribed: Vec<String>,
+    pub sessions_started: Vec<String>,
+    pub sessions_retired: Vec<String>,
+}
+
+/// A core's settings, built and checked; starting it cannot fail.
+pub(crate) struct Prepared {
+    config: Config,
+    publisher: Endpoint,
+    /// The subscriber settings; each session uses them under its client id.
+    subscriber: Endpoint,
+    gateway: Gateway,
+}
+
 /// The connections, the gateway channel, the router and the route workers of
 /// one set of connection settings.
 pub(crate) struct Core {
-    pub(crate) router: Arc<Router>,
-    pub(crate) subscriptions: Subscriptions,
-    pub(crate) builder: TableBuilder,
+    router: Arc<Router>,
+    builder: TableBuilder,
     services: Arc<Services>,
-    pub(crate) config: Config,
-    close_inbound: CancellationToken,
+    config: Config,
+    subscriber: Endpoint,
+    record: Arc<StateFile>,
+    metrics: Arc<Metrics>,
+    sessions: BTreeMap<String, SessionHandle>,
+    /// Sessions whose routes are gone, unsubscribing and draining.
+    retiring: Vec<SessionHandle>,
     close_outbound: CancellationToken,
-    inbound: JoinHandle<()>,
     outbound: JoinHandle<()>,
 }
 
 impl Core {
-    /// Connects and starts a worker per route. An unreachable broker or gateway
-    /// is retried in the background.
-    pub(crate) fn start(
-        config: Config,
-        metrics: &Arc<Metrics>,
-        routes: Vec<Arc<RouteCtx>>,
-    ) -> Result<Core> {
-        let capacity = channel_capacity(&config);
-        let (pub_client, pub_conn) = mqtt::connect(&config, Role::Publisher, capacity)?;
-        let (outbound, publisher) = PublisherTask::new(
-            pub_client,
-            pub_conn,
-            capacity,
-            config.mqtt.reconnect.clone(),
-        );
-        let close_outbound = CancellationToken::new();
-        let outbound = tokio::spawn(outbound.run(close_outbound.clone()));
-
-        let services = Arc::new(Services {
-            gateway: Gateway::with_metrics(&config.gateway, &config.base_dir, metrics.gateway())?,
-            publisher,
-            metrics: Arc::clone(metrics),
-            stopping: CancellationToken::new(),
-            cancel: CancellationToken::new(),
-            max_payload: config.mqtt.max_packet_size.as_usize(),
-            default_timeout: config.gateway.timeout,
-            protocol: config.mqtt.protocol,
-        });
-        let mut builder = TableBuilder::new(Arc::clone(&services), config.mqtt.protocol);
-        let plans = routes
-            .into_iter()
-            .map(|ctx| Plan::Start { ctx, after: None })
-            .collect();
-        let table = builder.build(plans);
-        let subs = table.subscriptions.clone();
-        let router = Arc::new(Router::new(table, Arc::clone(metrics)));
-
-        let (sub_client, sub_conn) = mqtt::connect(&config, Role::Subscriber, capacity)?;
-        let (inbound, subscriptions) = SubscriberTask::new(
-            sub_client,
-            sub_conn,
-            Arc::clone(&router) as Arc<dyn crate::mqtt::inbound::Dispatch>,
-            subs,
-            config.mqtt.max_pending,
-            config.mqtt.reconnect.clone(),
-            Arc::clone(metrics),
-        );
-        let close_inbound = CancellationToken::new();
-        let inbound = tokio::spawn(inbound.run(services.stopping.clone(), close_inbound.clone()));
-        info!(
-            routes = config.routes.len(),
-            broker = %config.mqtt_url,
-            gateway = %config.gateway.url,
-            protocol = %config.mqtt.protocol,
-            "fxbridge started"
-        );
-        Ok(Core {
-            router,
-            subscriptions,
-            builder,
-            services,
+    /// Builds everything a core needs that can fail (TLS settings, URLs, the
+    /// gateway channel) without connecting or starting anything.
+    pub(crate) fn prepare(config: Config, metrics: &Metrics) -> Result<Prepared> {
+        let publisher = Endpoint::publisher(&config).context("MQTT settings")?;
+        let subscriber =
+            Endpoint::subscriber(&config, &config.mqtt.client_id, config.mqtt.max_pending)
+                .context("MQTT settings")?;
+        let gateway = Gateway::with_metrics(&config.gateway, &config.base_dir, metrics.gateway())
+            .context("gateway settings")?;
+        Ok(Prepared {
             config,
-            close_inbound,
-            close_outbound,
-            inbound,
-            outbound,
+            publisher,
+            subscriber,
+            gateway,
         })
+    }
+
+    /// The configuration this core runs.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A new configuration that differs from the running one in its routes
+    /// only (after [`Core::swap_routes`]).
+    pub(crate) fn set_config(&mut self, config: Config) {
+        self.config = config;
+    }
+
+    /// The running context of route `route`, if it is unchanged (same settings,
+    /// same plugin bytes, as `digest` says) and may be kept by a reload.
+    pub(crate) fn reusable(&self, route: &Route, digest: Option<&str>) -> Option<Arc<RouteCtx>> {
+        let table = self.router.table();
+        let entry = table.get(route.name())?;
+        (entry.ctx.route == *route && entry.ctx.plugin_digest.as_deref() == digest)
+            .then(|| Arc::clone(&entry.ctx))
+    }
+
+    /// Starts the subscriber of session `name`.
+    fn spawn_session(
+        &self,
+        name: &str,
+        subscriptions: Vec<Subscription>,
+        retire: bool,
+    ) -> SessionHandle {
+        let client_id = if retire {
+            name.to_string()
+        } else {
+            self.config.session_client_id(name)
+        };
+        inbound::spawn(
+            SessionSpec {
+                name: name.to_string(),
+                endpoint: self.subscriber.with_client_id(&client_id),
+                subscriptions,
+                max_pending: self.config.mqtt.max_pending,
+                reconnect: self.config.mqtt.reconnect.clone(),
+                retire,
+            },
+            Arc::clone(&self.router) as Arc<dyn Dispatch>,
+            Arc::clone(&self.record),
+            Arc::clone(&self.metrics),
+        )
+    }
+
+    /// Closes the retiring session under `client_id`, if one runs: a new
+    /// session must not connect beside it under the same client id.
+    async fn stop_retiring(&mut self, name: &str) {
+        if let Some(i) = self.retiring.iter().position(|h| h.name == name) {
+            self.retiring.swap_remove(i).close().await;
+        }
+        self.retiring.retain(|h| !h.is_finished());
     }
 
     /// Swaps in `routes` as the new table: unchanged routes (the same `RouteCtx`)
     /// keep their worker; new and changed ones get a worker that starts once the
-    /// route's previous worker has finished; then subscribes what is new and
-    /// unsubscribes what is gone. Returns `(added, changed, removed, kept)` route
-    /// counts for the log.
-    pub(crate) fn swap_routes(&mut self, routes: Vec<Arc<RouteCtx>>) -> RouteChanges {
+    /// route's previous worker has finished. Then each session subscribes what
+    /// is new and unsubscribes what is gone; a new session starts, and a session
+    /// left without routes is retired.
+    pub(crate) async fn swap_routes(&mut self, routes: Vec<Arc<RouteCtx>>) -> RouteChanges {
         let old = self.router.table();
         let mut changes = RouteChanges::default();
         let plans = routes
@@ -249,25 +285,66 @@ impl Core {
                 changes.removed.push(entry.ctx.route.name().to_string());
             }
         }
-        let subscribe: Vec<_> = table
-            .subscriptions
-            .iter()
-            .filter(|s| !old.subscriptions.contains(s))
+        let mut subscribe: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
+        let mut unsubscribe: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (session, subs) in &table.sessions {
+            let before = old.sessions.get(session);
+            let new: Vec<Subscription> = subs
+                .iter()
+                .filter(|s| before.is_none_or(|b| !b.contains(s)))
+                .cloned()
+                .collect();
+            let gone: Vec<String> = before
+                .into_iter()
+                .flatten()
+                .filter(|b| !subs.iter().any(|s| s.filter == b.filter))
+                .map(|b| b.filter.clone())
+                .collect();
+            changes
+                .subscribed
+                .extend(new.iter().map(|s| s.filter.clone()));
+            changes.unsubscribed.extend(gone.iter().cloned());
+            subscribe.insert(session.clone(), new);
+            unsubscribe.insert(session.clone(), gone);
+        }
+        let added_sessions: Vec<String> = table
+            .sessions
+            .keys()
+            .filter(|s| !self.sessions.contains_key(*s))
             .cloned()
             .collect();
-        let unsubscribe: Vec<_> = old
-            .subscriptions
-            .iter()
-            .filter(|s| !table.subscriptions.iter().any(|n| n.filter == s.filter))
-            .map(|s| s.filter.clone())
+        let removed_sessions: Vec<String> = self
+            .sessions
+            .keys()
+            .filter(|s| !table.sessions.contains_key(*s))
+            .cloned()
             .collect();
-        changes.subscribed = subscribe.iter().map(|s| s.filter.clone()).collect();
-        changes.unsubscribed = unsubscribe.clone();
         drop(old);
         // The new table first, so a message on a new filter finds its route.
         drop(self.router.swap(table));
-        self.subscriptions.subscribe(subscribe);
-        self.subscriptions.unsubscribe(unsubscribe);
+        for name in &removed_sessions {
+            if let Some(handle) = self.sessions.remove(name) {
+                handle.retire();
+                self.retiring.push(handle);
+            }
+        }
+        for name in &added_sessions {
+            let client_id = self.config.session_client_id(name);
+            self.stop_retiring(&client_id).await;
+            let subs = subscribe.remove(name).unwrap_or_default();
+            let handle = self.spawn_session(name, subs, false);
+            self.sessions.insert(name.clone(), handle);
+        }
+        for (name, handle) in &self.sessions {
+            if let Some(subs) = subscribe.remove(name) {
+                handle.subscribe(subs);
+            }
+            if let Some(filters) = unsubscribe.remove(name) {
+                handle.unsubscribe(filters);
+            }
+        }
+        changes.sessions_started = added_sessions;
+        changes.sessions_retired = removed_sessions;
         changes
     }
 
@@ -276,11 +353,13 @@ impl Core {
         let drain = self.config.shutdown.drain_timeout;
         info!(drain_timeout = %humantime::format_duration(drain), "stopping: no new messages; finishing the ones in progress");
         self.services.stopping.cancel();
-        // Swapping in an empty table closes every worker's queue; workers finish
-        // what they hold and then report done.
-        let old = self.router.swap(self.builder.build(Vec::new()));
-        let mut finished: Vec<_> = old.routes.iter().map(|r| r.finished.clone()).collect();
-        drop(old);
+        // Every subscriber stops handing messages to the router, and says so,
+        // before the routes close: nothing is routed against a closing table.
+        for handle in self.sessions.values_mut().chain(self.retiring.iter_mut()) {
+            handle.stop_reading().await;
+        }
+        let empty = self.builder.build(Vec::new());
+        let mut finished = self.router.close(empty);
         let all_done = async {
             for f in &mut finished {
                 let _ = f.wait_for(|done| *done).await;
@@ -296,22 +375,103 @@ impl Core {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), grace).await;
         }
-        self.close_inbound.cancel();
-        let _ = self.inbound.await;
+        for (_, handle) in std::mem::take(&mut self.sessions) {
+            handle.close().await;
+        }
+        for handle in std::mem::take(&mut self.retiring) {
+            handle.close().await;
+        }
         self.close_outbound.cancel();
         let _ = self.outbound.await;
     }
 }
 
-/// What a route swap changed, by route name and filter.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RouteChanges {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-    pub kept: Vec<String>,
-    pub subscribed: Vec<String>,
-    pub unsubscribed: Vec<String>,
+impl Prepared {
+    /// Connects and starts a worker per route and a subscriber per session.
+    /// An unreachable broker or gateway is retried in the background.
+    pub(crate) fn start(self, metrics: &Arc<Metrics>, routes: Vec<Arc<RouteCtx>>) -> Core {
+        let Prepared {
+            config,
+            publisher,
+            subscriber,
+            gateway,
+        } = self;
+        let (outbound, publisher) = PublisherTask::new(
+            publisher,
+            config.mqtt.max_packet_size.as_usize(),
+            PUBLISH_QUEUE,
+            config.mqtt.reconnect.clone(),
+        );
+        let close_outbound = CancellationToken::new();
+        let outbound = tokio::spawn(outbound.run(close_outbound.clone()));
+
+        let services = Arc::new(Services {
+            gateway,
+            publisher,
+            metrics: Arc::clone(metrics),
+            stopping: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+            max_payload: config.mqtt.max_packet_size.as_usize(),
+            default_timeout: config.gateway.timeout,
+            protocol: config.mqtt.protocol,
+            unrouted_dead_letter: config.unrouted_dead_letter.clone(),
+        });
+        let mut builder = TableBuilder::new(Arc::clone(&services), config.mqtt.protocol);
+        let plans = routes
+            .into_iter()
+            .map(|ctx| Plan::Start { ctx, after: None })
+            .collect();
+        let table: Table = builder.build(plans);
+        let wanted = table.sessions.clone();
+        let router = Arc::new(Router::new(table, Arc::clone(&services)));
+        let record = Arc::new(StateFile::open(
+            config.state_dir.as_deref(),
+            &config.mqtt.client_id,
+            &config.mqtt_url,
+        ));
+        if config.state_dir.is_none() {
+            warn!("no state directory (set state_dir): filters removed while fxbridge is down stay subscribed");
+        }
+        let mut core = Core {
+            router,
+            builder,
+            services,
+            config,
+            subscriber,
+            record,
+            metrics: Arc::clone(metrics),
+            sessions: BTreeMap::new(),
+            retiring: Vec::new(),
+            close_outbound,
+            outbound,
+        };
+        for (name, subs) in wanted {
+            let handle = core.spawn_session(&name, subs, false);
+            core.sessions.insert(name, handle);
+        }
+        // Sessions an earlier run recorded that no route uses any more.
+        let serving: Vec<String> = core
+            .sessions
+            .keys()
+            .map(|s| core.config.session_client_id(s))
+            .collect();
+        for client_id in core.record.sessions().into_keys() {
+            if !serving.contains(&client_id) {
+                info!(%client_id, "an earlier configuration left this session at the broker: retiring it");
+                let handle = core.spawn_session(&client_id, Vec::new(), true);
+                core.retiring.push(handle);
+            }
+        }
+        info!(
+            routes = core.config.routes.len(),
+            sessions = core.sessions.len(),
+            broker = %core.config.mqtt_url,
+            gateway = %core.config.gateway.url,
+            protocol = %core.config.mqtt.protocol,
+            "fxbridge started"
+        );
+        core
+    }
 }
 
 /// A running bridge.
@@ -324,13 +484,15 @@ pub struct Bridge {
 
 impl Bridge {
     /// Starts every part. Fails only on what cannot work at all (a plugin that
-    /// does not load, an embedded broker or admin endpoint that cannot listen);
-    /// an unreachable broker or gateway is retried in the background.
+    /// does not load, an embedded broker or admin endpoint that cannot listen,
+    /// unusable TLS material); an unreachable broker or gateway is retried in
+    /// the background.
     pub async fn start(config: Config, metrics: Arc<Metrics>) -> Result<Bridge> {
         // rumqttc is built without a default TLS provider; tonic uses ring too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let plugins = Plugins::new(&config.plugins);
         let routes = load_routes(&config, &metrics, &plugins, |_| None).await?;
+        let prepared = Core::prepare(config.clone(), &metrics)?;
         let admin = match &config.admin {
             Some(a) => {
                 let stop = CancellationToken::new();
@@ -347,7 +509,7 @@ impl Bridge {
         if let Some(b) = &config.broker {
             crate::broker::start(b, config.mqtt.max_packet_size.as_usize()).await?;
         }
-        let core = Core::start(config, &metrics, routes)?;
+        let core = prepared.start(&metrics, routes);
         Ok(Bridge {
             metrics,
             plugins,
@@ -358,7 +520,7 @@ impl Bridge {
 
     /// The configuration running now.
     pub fn config(&self) -> Option<&Config> {
-        self.core.as_ref().map(|c| &c.config)
+        self.core.as_ref().map(Core::config)
     }
 
     /// Stops reading, drains, and disconnects.

@@ -1,14 +1,22 @@
 //! Dead letters: the JSON envelope published when a message cannot be processed.
 //!
 //! The envelope carries everything needed to understand and replay the message:
-//! the route and function, the source topic, the payload in base64 (binary-safe),
-//! what failed (`error_kind`, `error`, and the gRPC code when the gateway failed),
-//! how many attempts were made, and when.
+//! the route and function, the source topic, the payload in base64 (binary-safe)
+//! with its size and sha256, what failed (`error_kind`, `error`, and the gRPC
+//! code when the gateway failed), how many attempts were made, and when.
+//!
+//! A dead letter must always be publishable, or the message it stands for could
+//! be neither processed nor put aside. [`envelope`] is given the largest
+//! payload the broker accepts on the dead-letter topic and gives up detail,
+//! step by step, until the envelope fits: first the payload (its size and hash
+//! stay, `omitted` says so), then the user properties, then it shortens the
+//! error text and the source topic (`truncated` says which).
 
 use base64::Engine as _;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use crate::message::{Inbound, QoS};
+use crate::message::{Message, QoS};
 
 /// The stage that failed, as `error_kind` in the envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,6 +32,12 @@ pub enum Stage {
     Publish,
     /// The payload is larger than `mqtt.max_packet_size`.
     Oversize,
+    /// A result is larger than the broker accepts (`mqtt.max_packet_size`, or
+    /// under MQTT 5 the broker's Maximum Packet Size).
+    ResultTooLarge,
+    /// No route takes the message: its route was removed, or its filter was
+    /// left subscribed by an earlier configuration.
+    Unrouted,
 }
 
 /// Why a message was dead-lettered.
@@ -52,15 +66,25 @@ impl Failure {
     }
 }
 
+/// Where the message was when it failed: its route and function (none for an
+/// unrouted message) and the message itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub route: Option<&'a str>,
+    pub function: Option<&'a str>,
+    pub msg: &'a Message,
+}
+
 #[derive(Serialize)]
 struct Envelope<'a> {
-    route: &'a str,
-    function: &'a str,
+    route: Option<&'a str>,
+    function: Option<&'a str>,
     topic: &'a str,
     qos: u8,
     retain: bool,
     payload_base64: Option<String>,
     payload_size: usize,
+    payload_sha256: String,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     user_properties: &'a [(String, String)],
     error_kind: Stage,
@@ -70,21 +94,43 @@ struct Envelope<'a> {
     grpc_code: Option<String>,
     attempts: u32,
     timestamp: String,
+    /// Fields left out so the envelope fits: `payload`, `user_properties`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    omitted: Vec<&'static str>,
+    /// Fields shortened so the envelope fits: `error`, `topic`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    truncated: Vec<&'static str>,
 }
 
-/// Renders the envelope. An oversized payload is left out (`payload_base64: null`)
-/// so the dead letter itself stays publishable; its size is still given.
-pub fn envelope(route: &str, function: &str, msg: &Inbound, failure: &Failure) -> Vec<u8> {
-    let include_payload = failure.stage != Stage::Oversize;
-    let env = Envelope {
-        route,
-        function,
+/// At most this many bytes of the error and the source topic in an envelope
+/// that had to be shortened.
+const SHORT: usize = 256;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character.
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Renders the envelope in at most `max_len` bytes, giving up detail until it
+/// fits (see the module doc); `None` if even the shortest form does not.
+pub fn envelope(source: Source<'_>, failure: &Failure, max_len: usize) -> Option<Vec<u8>> {
+    let msg = source.msg;
+    let mut env = Envelope {
+        route: source.route,
+        function: source.function,
         topic: &msg.topic,
         qos: u8::from(msg.qos),
         retain: msg.retain,
-        payload_base64: include_payload
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
+        payload_base64: None,
         payload_size: msg.payload.len(),
+        payload_sha256: format!("{:x}", Sha256::digest(&msg.payload)),
         user_properties: &msg.user_properties,
         error_kind: failure.stage,
         error: &failure.error,
@@ -92,9 +138,39 @@ pub fn envelope(route: &str, function: &str, msg: &Inbound, failure: &Failure) -
         grpc_code: failure.grpc_code.map(code_name),
         attempts: failure.attempts,
         timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        omitted: Vec::new(),
+        truncated: Vec::new(),
     };
     // Serialising plain strings and numbers cannot fail.
-    serde_json::to_vec(&env).unwrap_or_default()
+    let render = |env: &Envelope<'_>| serde_json::to_vec(env).unwrap_or_default();
+    // Base64 takes 4 bytes per 3: skip encoding a payload that cannot fit anyway.
+    if msg.payload.len().div_ceil(3) * 4 < max_len {
+        env.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&msg.payload));
+        let full = render(&env);
+        if full.len() <= max_len {
+            return Some(full);
+        }
+        env.payload_base64 = None;
+    }
+    env.omitted.push("payload");
+    let without_payload = render(&env);
+    if without_payload.len() <= max_len {
+        return Some(without_payload);
+    }
+    if !env.user_properties.is_empty() {
+        env.user_properties = &[];
+        env.omitted.push("user_properties");
+    }
+    if env.error.len() > SHORT {
+        env.error = prefix(env.error, SHORT);
+        env.truncated.push("error");
+    }
+    if env.topic.len() > SHORT {
+        env.topic = prefix(env.topic, SHORT);
+        env.truncated.push("topic");
+    }
+    let shortest = render(&env);
+    (shortest.len() <= max_len).then_some(shortest)
 }
 
 /// The canonical upper-case name of a gRPC code, as in the gRPC spec.
@@ -130,46 +206,84 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn parse(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    fn source(msg: &Message) -> Source<'_> {
+        Source {
+            route: Some("r"),
+            function: Some("f"),
+            msg,
+        }
+    }
+
     #[test]
     fn the_envelope_carries_binary_payloads_in_base64() {
-        let msg = Inbound {
-            topic: "s/1".into(),
-            payload: Bytes::from_static(&[0xff, 0x00, 0xfe]),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            user_properties: vec![],
-            content_type: None,
-        };
+        let msg = Message::new(
+            "s/1",
+            Bytes::from_static(&[0xff, 0x00, 0xfe]),
+            QoS::AtLeastOnce,
+        );
         let mut f = Failure::new(Stage::Gateway, "could not invoke: f - boom");
         f.grpc_code = Some(tonic::Code::Internal);
         f.attempts = 3;
-        let v: serde_json::Value = serde_json::from_slice(&envelope("r", "f", &msg, &f)).unwrap();
+        let v = parse(&envelope(source(&msg), &f, 10_000).unwrap());
         assert_eq!(v["payload_base64"], "/wD+");
         assert_eq!(v["payload_size"], 3);
+        assert_eq!(
+            v["payload_sha256"],
+            format!("{:x}", Sha256::digest([0xff, 0x00, 0xfe]))
+        );
         assert_eq!(v["grpc_code"], "INTERNAL");
         assert_eq!(v["error_kind"], "gateway");
         assert_eq!(v["attempts"], 3);
+        assert!(v.get("omitted").is_none());
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 
     #[test]
-    fn oversized_payloads_are_left_out() {
-        let msg = Inbound {
-            topic: "s/1".into(),
-            payload: Bytes::from(vec![1u8; 10]),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            user_properties: vec![],
-            content_type: None,
-        };
-        let v: serde_json::Value = serde_json::from_slice(&envelope(
-            "r",
-            "f",
-            &msg,
-            &Failure::new(Stage::Oversize, "too big"),
-        ))
-        .unwrap();
+    fn detail_is_given_up_step_by_step_until_the_envelope_fits() {
+        let mut msg = Message::new("s/1", Bytes::from(vec![1u8; 3000]), QoS::AtLeastOnce);
+        msg.user_properties = vec![("k".into(), "v".repeat(2000))];
+        let f = Failure::new(Stage::ResultTooLarge, "e".repeat(3000));
+        // Everything fits in a big budget.
+        let all = envelope(source(&msg), &f, 100_000).unwrap();
+        assert_eq!(parse(&all)["payload_size"], 3000);
+        assert!(parse(&all)["payload_base64"].is_string());
+        // Without the payload: 3000 + 2000 + JSON.
+        let v = parse(&envelope(source(&msg), &f, 6000).unwrap());
         assert!(v["payload_base64"].is_null());
-        assert_eq!(v["payload_size"], 10);
+        assert_eq!(v["omitted"], serde_json::json!(["payload"]));
+        assert_eq!(v["error"].as_str().unwrap().len(), 3000);
+        assert_eq!(v["error_kind"], "result-too-large");
+        // Shortest form: no user properties, short error.
+        let short = envelope(source(&msg), &f, 1024).unwrap();
+        assert!(short.len() <= 1024);
+        let v = parse(&short);
+        assert_eq!(
+            v["omitted"],
+            serde_json::json!(["payload", "user_properties"])
+        );
+        assert_eq!(v["truncated"], serde_json::json!(["error"]));
+        assert_eq!(v["payload_size"], 3000);
+        // Nothing fits in 100 bytes.
+        assert!(envelope(source(&msg), &f, 100).is_none());
+    }
+
+    #[test]
+    fn an_unrouted_message_has_no_route_and_a_cut_topic_stays_utf8() {
+        let topic = format!("a/{}", "é".repeat(300));
+        let msg = Message::new(topic, Bytes::from_static(b"x"), QoS::AtLeastOnce);
+        let src = Source {
+            route: None,
+            function: None,
+            msg: &msg,
+        };
+        let v = parse(&envelope(src, &Failure::new(Stage::Unrouted, "no route"), 900).unwrap());
+        assert!(v["route"].is_null() && v["function"].is_null());
+        assert_eq!(v["error_kind"], "unrouted");
+        assert_eq!(v["truncated"], serde_json::json!(["topic"]));
+        assert!(v["topic"].as_str().unwrap().len() <= SHORT);
     }
 }

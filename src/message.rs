@@ -1,9 +1,11 @@
 //! The message types that travel between the stages of the pipeline.
 //!
-//! [`Inbound`] is a message as it arrived from the broker, independent of the MQTT
-//! protocol version; [`PreDecision`] and [`OutMessage`] are what a transform (or the
-//! default behaviour) decides before and after Invoke. Payloads are [`Bytes`] from
-//! end to end: nothing here assumes UTF-8.
+//! [`Message`] is one MQTT application message, independent of the protocol
+//! version: what the broker delivered, and what the bridge publishes (results
+//! and dead letters). [`PreDecision`] and [`OutMessage`] are what a transform
+//! (or the default behaviour) decides before and after Invoke; an
+//! [`OutMessage`] becomes a [`Message`] once the route fills in what it left
+//! open. Payloads are [`Bytes`] from end to end: nothing here assumes UTF-8.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -39,9 +41,9 @@ impl From<QoS> for u8 {
     }
 }
 
-/// A message delivered by the broker.
+/// One MQTT application message: delivered by the broker, or to be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
+pub struct Message {
     pub topic: String,
     pub payload: Bytes,
     pub qos: QoS,
@@ -50,6 +52,20 @@ pub struct Inbound {
     pub user_properties: Vec<(String, String)>,
     /// MQTT 5 content type.
     pub content_type: Option<String>,
+}
+
+impl Message {
+    /// A message with no MQTT 5 properties.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            user_properties: Vec::new(),
+            content_type: None,
+        }
+    }
 }
 
 /// What happens to a message before the gateway sees it.
@@ -64,7 +80,7 @@ pub enum PreDecision {
     Skip { reason: String },
 }
 
-/// A message to publish after Invoke.
+/// A result to publish after Invoke, as a transform (or the default) gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutMessage {
     /// `None`: the route's republish topic template.

@@ -25,10 +25,51 @@ pub struct RouteMetrics {
     /// Waiting copies dropped because the broker redelivered the message after
     /// a reconnect (the redelivery is processed instead).
     pub superseded: AtomicU64,
+    /// Retained messages skipped (`retained: skip` or `skip-on-resubscribe`).
+    pub retained_skipped: AtomicU64,
     /// Time from dispatch to done, summed, in microseconds.
     pub latency_us_sum: AtomicU64,
     /// The route's transform plugin (calls, errors by kind, instances).
     pub plugin: Arc<crate::transform::Counters>,
+}
+
+impl RouteMetrics {
+    /// A retained message this route skipped.
+    pub fn count_retained_skip(&self) {
+        self.retained_skipped.fetch_add(1, Relaxed);
+    }
+}
+
+/// The state of one subscriber session, for readiness and `/metrics`.
+#[derive(Debug)]
+pub struct SessionStatus {
+    connected: AtomicBool,
+    ready: AtomicBool,
+    /// False for a session that is only being retired: it does not count
+    /// towards readiness.
+    serving: AtomicBool,
+    /// The bridge-wide readiness, recomputed on every change.
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl SessionStatus {
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Relaxed);
+        if !up {
+            self.ready.store(false, Relaxed);
+        }
+        self.changed.send_replace(());
+    }
+    /// Connected with every subscription confirmed.
+    pub fn set_ready(&self, ready: bool) {
+        if self.ready.swap(ready, Relaxed) != ready {
+            self.changed.send_replace(());
+        }
+    }
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Relaxed);
+        self.changed.send_replace(());
+    }
 }
 
 /// Counters of the gateway connection; kept here so a reload that builds a new
@@ -44,12 +85,15 @@ pub struct GatewayMetrics {
 /// Bridge-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    connected: AtomicBool,
-    /// True while connected with every subscription in place.
-    ready: tokio::sync::watch::Sender<bool>,
+    /// Every subscriber session by name, serving or retiring.
+    sessions: Mutex<BTreeMap<String, Arc<SessionStatus>>>,
+    /// Signalled when any session's state changes.
+    sessions_changed: tokio::sync::watch::Sender<()>,
     received: AtomicU64,
     acked: AtomicU64,
     unrouted: AtomicU64,
+    unrouted_dead_lettered: AtomicU64,
+    control_waited: AtomicU64,
     backpressure: AtomicU64,
     subscription_refused: AtomicU64,
     redeliveries_already_done: AtomicU64,
@@ -65,26 +109,58 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
-    pub fn set_connected(&self, up: bool) {
-        self.connected.store(up, Relaxed);
-        if !up {
-            self.ready.send_replace(false);
-        }
+    /// The status of session `name` (created on first use); `serving` is
+    /// false for a session that is only being retired.
+    pub fn session(&self, name: &str, serving: bool) -> Arc<SessionStatus> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let status = sessions.entry(name.to_string()).or_insert_with(|| {
+            Arc::new(SessionStatus {
+                connected: AtomicBool::new(false),
+                ready: AtomicBool::new(false),
+                serving: AtomicBool::new(serving),
+                changed: self.sessions_changed.clone(),
+            })
+        });
+        status.serving.store(serving, Relaxed);
+        Arc::clone(status)
     }
-    /// The subscriber is connected and its subscriptions are in place.
-    pub fn set_ready(&self) {
-        self.ready.send_replace(true);
+
+    /// Forgets session `name` (it ended).
+    pub fn remove_session(&self, name: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(name);
+        self.sessions_changed.send_replace(());
     }
+
+    /// Every serving session is connected with its subscriptions in place
+    /// (and there is at least one).
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serving = sessions
+            .values()
+            .filter(|s| s.serving.load(Relaxed))
+            .peekable();
+        serving.peek().is_some() && serving.all(|s| s.ready.load(Relaxed))
     }
+
     /// Completes once the bridge is ready to receive messages.
     pub async fn wait_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
+        let mut rx = self.sessions_changed.subscribe();
+        while !self.is_ready() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
+
+    /// Every serving session is connected.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Relaxed)
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serving = sessions
+            .values()
+            .filter(|s| s.serving.load(Relaxed))
+            .peekable();
+        serving.peek().is_some() && serving.all(|s| s.connected.load(Relaxed))
     }
     pub fn received(&self) {
         self.received.fetch_add(1, Relaxed);
@@ -94,6 +170,15 @@ impl Metrics {
     }
     pub fn unrouted(&self) {
         self.unrouted.fetch_add(1, Relaxed);
+    }
+    /// An unrouted message's dead letter was confirmed by the broker.
+    pub fn unrouted_dead_lettered(&self) {
+        self.unrouted_dead_lettered.fetch_add(1, Relaxed);
+    }
+    /// A control packet (acknowledgement, SUBSCRIBE, UNSUBSCRIBE) waited for
+    /// room in the client's request channel.
+    pub fn control_waited(&self) {
+        self.control_waited.fetch_add(1, Relaxed);
     }
     pub fn backpressure(&self) {
         self.backpressure.fetch_add(1, Relaxed);
@@ -164,17 +249,18 @@ impl Metrics {
                 "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} {kind}\nfxbridge_{name} {v}"
             );
         };
+        let (connected, ready) = (self.is_connected(), self.is_ready());
         gauge(
             "broker_connected",
-            "1 while the subscriber is connected.",
+            "1 while every subscriber session is connected.",
             "gauge",
-            u64::from(self.is_connected()),
+            u64::from(connected),
         );
         gauge(
             "ready",
-            "1 while connected with every subscription in place.",
+            "1 while every subscriber session is connected with its subscriptions in place.",
             "gauge",
-            u64::from(self.is_ready()),
+            u64::from(ready),
         );
         gauge(
             "received_total",
@@ -190,9 +276,21 @@ impl Metrics {
         );
         gauge(
             "unrouted_total",
-            "Messages no route took.",
+            "Messages no route took (each is dead-lettered).",
             "counter",
             self.unrouted.load(Relaxed),
+        );
+        gauge(
+            "unrouted_dead_letters_total",
+            "Dead letters of unrouted messages confirmed by the broker.",
+            "counter",
+            self.unrouted_dead_lettered.load(Relaxed),
+        );
+        gauge(
+            "control_waits_total",
+            "Times an acknowledgement or (un)subscription waited for room in the MQTT client.",
+            "counter",
+            self.control_waited.load(Relaxed),
         );
         gauge(
             "backpressure_total",
@@ -236,9 +334,24 @@ impl Metrics {
             "counter",
             self.gateway.connect_failures.load(Relaxed),
         );
+        {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                out,
+                "# HELP fxbridge_session_connected 1 while the subscriber session is connected.\n# TYPE fxbridge_session_connected gauge"
+            );
+            for (name, s) in sessions.iter() {
+                let _ = writeln!(
+                    out,
+                    "fxbridge_session_connected{{session=\"{name}\",serving=\"{}\"}} {}",
+                    s.serving.load(Relaxed),
+                    u64::from(s.connected.load(Relaxed))
+                );
+            }
+        }
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         type Field = fn(&RouteMetrics) -> &AtomicU64;
-        let fields: [(&str, &str, Field); 10] = [
+        let fields: [(&str, &str, Field); 11] = [
             (
                 "route_messages_total",
                 "Messages taken by the route.",
@@ -271,6 +384,11 @@ impl Metrics {
                 "route_superseded_total",
                 "Waiting copies dropped because the broker redelivered them after a reconnect.",
                 |r| &r.superseded,
+            ),
+            (
+                "route_retained_skipped_total",
+                "Retained messages the route skipped (routes[].retained).",
+                |r| &r.retained_skipped,
             ),
             (
                 "route_latency_microseconds_sum",

@@ -4,11 +4,14 @@
 //! Every path ends in one of three ways:
 //! - done: invoked and every result confirmed by the broker, or skipped by the
 //!   pre hook, or dead-lettered (the dead letter confirmed by the broker);
-//! - abandoned: the bridge is stopping while the gateway is unreachable; the
-//!   message is not acknowledged and the broker redelivers it next session;
+//! - abandoned: the bridge is stopping while the gateway is unreachable, or
+//!   the broker refused the dead letter; the message is not acknowledged and
+//!   the broker redelivers it next session;
 //! - cancelled: the drain deadline passed; likewise unacknowledged.
 //!
-//! Only "done" lets the source message be acknowledged ([`RouteDone::success`]).
+//! The stages return `Result<_, Fate>`; [`process`] turns a [`Fate`] into a
+//! dead letter or an abandonment in one place. Only "done" lets the source
+//! message be acknowledged ([`RouteDone::success`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,17 +19,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::ack::RouteDone;
 use crate::config::{Protocol, Route};
-use crate::deadletter::{self, Failure, Stage};
-use crate::gateway::Gateway;
-use crate::message::{Inbound, OutMessage, PreDecision};
+use crate::deadletter::{self, Failure, Source, Stage};
+use crate::gateway::{Gateway, InvokeError};
+use crate::message::{Message, OutMessage, PreDecision};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::mqtt::outbound::{PublishError, Publisher};
-use crate::mqtt::Publish;
-use crate::topic::{check_publish_topic, TemplateContext};
+use crate::topic::{check_publish_topic, Template, TemplateContext};
 use crate::transform::{HookMessage, RouteTransform};
 
 /// What every route shares: the gateway, the publisher, and the bridge's state.
@@ -42,6 +44,9 @@ pub struct Services {
     pub max_payload: usize,
     pub default_timeout: Duration,
     pub protocol: Protocol,
+    /// Where a message no route takes is dead-lettered (`{route}` is the
+    /// session that received it).
+    pub unrouted_dead_letter: Template,
 }
 
 /// One route of one config version, as the pipeline needs it.
@@ -56,15 +61,33 @@ pub struct RouteCtx {
 
 /// A message handed to a route.
 pub struct Job {
-    pub msg: Arc<Inbound>,
+    pub msg: Arc<Message>,
     /// What the route's wildcards matched.
     pub captures: Vec<String>,
     pub done: RouteDone,
     pub dispatched: Instant,
 }
 
-/// The message did not finish and must not be acknowledged.
-struct Abandoned;
+/// A message no route of its session takes.
+pub struct UnroutedJob {
+    pub msg: Message,
+    pub session: String,
+    pub done: RouteDone,
+}
+
+/// How a message's processing ended when it did not simply succeed.
+enum Fate {
+    /// It cannot be processed: dead-letter it (after which it is done).
+    DeadLetter(Failure),
+    /// It did not finish and must not be acknowledged.
+    Abandon,
+}
+
+impl From<Failure> for Fate {
+    fn from(f: Failure) -> Fate {
+        Fate::DeadLetter(f)
+    }
+}
 
 /// Processes `job` on route `ctx` and reports its fate.
 pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
@@ -81,23 +104,21 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         debug!(route = ctx.route.name(), topic = %msg.topic, "dropped: superseded by the broker's redelivery");
         return;
     }
-    ctx.metrics
-        .messages
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match run(ctx, svc, &msg, &captures).await {
-        Ok(()) => {
-            let us = u64::try_from(dispatched.elapsed().as_micros()).unwrap_or(u64::MAX);
-            ctx.metrics
-                .latency_us_sum
-                .fetch_add(us, std::sync::atomic::Ordering::Relaxed);
-            done.success();
-        }
-        Err(Abandoned) => {
-            ctx.metrics
-                .abandoned
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            debug!(route = ctx.route.name(), topic = %msg.topic, "left unacknowledged for redelivery");
-        }
+    count(&ctx.metrics.messages);
+    let outcome = match run(ctx, svc, &msg, &captures).await {
+        Ok(()) => true,
+        Err(Fate::DeadLetter(failure)) => dead_letter(ctx, svc, &msg, &captures, failure).await,
+        Err(Fate::Abandon) => false,
+    };
+    if outcome {
+        let us = u64::try_from(dispatched.elapsed().as_micros()).unwrap_or(u64::MAX);
+        ctx.metrics
+            .latency_us_sum
+            .fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+        done.success();
+    } else {
+        count(&ctx.metrics.abandoned);
+        debug!(route = ctx.route.name(), topic = %msg.topic, "left unacknowledged for redelivery");
     }
 }
 
@@ -108,21 +129,21 @@ fn count(c: &std::sync::atomic::AtomicU64) {
 async fn run(
     ctx: &RouteCtx,
     svc: &Services,
-    msg: &Inbound,
+    msg: &Message,
     captures: &[String],
-) -> Result<(), Abandoned> {
+) -> Result<(), Fate> {
     let route = &ctx.route;
     let name = route.name();
     if msg.payload.len() > svc.max_payload {
-        let f = Failure::new(
+        return Err(Failure::new(
             Stage::Oversize,
             format!(
                 "payload of {} bytes exceeds mqtt.max_packet_size ({} bytes)",
                 msg.payload.len(),
                 svc.max_payload
             ),
-        );
-        return dead_letter(ctx, svc, msg, captures, f).await;
+        )
+        .into());
     }
     let hook = HookMessage {
         route: name,
@@ -143,11 +164,11 @@ async fn run(
             Ok(PreDecision::Invoke { input, function }) => {
                 let function = function.unwrap_or_else(|| route.config.function.clone());
                 if function.is_empty() {
-                    let f = Failure::new(
+                    return Err(Failure::new(
                         Stage::TransformBefore,
                         "the plugin chose an empty function name",
-                    );
-                    return dead_letter(ctx, svc, msg, captures, f).await;
+                    )
+                    .into());
                 }
                 (function, input)
             }
@@ -159,27 +180,21 @@ async fn run(
             Err(e) => {
                 let mut f = Failure::new(Stage::TransformBefore, e.to_string());
                 f.plugin_error = Some(e.kind());
-                return dead_letter(ctx, svc, msg, captures, f).await;
+                return Err(f.into());
             }
         },
     };
 
     // 2. Invoke.
-    let reply = match invoke(ctx, svc, &function, input).await? {
-        Ok(reply) => reply,
-        Err(f) => return dead_letter(ctx, svc, msg, captures, f).await,
-    };
+    let reply = invoke(ctx, svc, &function, input).await?;
 
     // 3. After Invoke.
     let outs = match ctx.transform.as_deref().filter(|t| t.has_after()) {
-        Some(t) => match t.after_invoke(&hook, &reply).await {
-            Ok(outs) => outs,
-            Err(e) => {
-                let mut f = Failure::new(Stage::TransformAfter, e.to_string());
-                f.plugin_error = Some(e.kind());
-                return dead_letter(ctx, svc, msg, captures, f).await;
-            }
-        },
+        Some(t) => t.after_invoke(&hook, &reply).await.map_err(|e| {
+            let mut f = Failure::new(Stage::TransformAfter, e.to_string());
+            f.plugin_error = Some(e.kind());
+            f
+        })?,
         None if route.republish.is_some() => vec![OutMessage {
             topic: None,
             payload: Bytes::from(reply.into_bytes()),
@@ -192,53 +207,50 @@ async fn run(
 
     // 4. Publish every result; the source is acknowledged only after all of them.
     for out in outs {
-        let publish = match resolve(ctx, msg, captures, out) {
-            Ok(p) => p,
-            Err(e) => {
-                return dead_letter(ctx, svc, msg, captures, Failure::new(Stage::Publish, e)).await
-            }
-        };
-        match publish_confirmed(svc, publish).await? {
-            Ok(()) => count(&ctx.metrics.published),
-            Err(e) => {
-                return dead_letter(ctx, svc, msg, captures, Failure::new(Stage::Publish, e)).await
-            }
-        }
+        let publish =
+            resolve(ctx, msg, captures, out).map_err(|e| Failure::new(Stage::Publish, e))?;
+        publish_confirmed(svc, publish).await?;
+        count(&ctx.metrics.published);
     }
     Ok(())
 }
 
-/// Invokes with the route's retry policy. The outer `Err` means abandoned; the
-/// inner one is a failure to dead-letter.
+/// Invokes with the route's retry policy.
 async fn invoke(
     ctx: &RouteCtx,
     svc: &Services,
     function: &str,
     input: Bytes,
-) -> Result<Result<String, Failure>, Abandoned> {
+) -> Result<String, Fate> {
     let retry = &ctx.route.config.retry;
     let deadline = ctx.route.config.timeout.unwrap_or(svc.default_timeout);
     let mut counted = 0u32; // attempts that count against retry.attempts
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let status = match svc.gateway.invoke(function, input.clone(), deadline).await {
+        let error = match svc.gateway.invoke(function, input.clone(), deadline).await {
             Ok(reply) => {
                 count(&ctx.metrics.invoked);
-                return Ok(Ok(reply));
+                return Ok(reply);
             }
-            Err(status) => status,
+            Err(e) => e,
         };
         count(&ctx.metrics.invoke_failures);
+        let (status, permanent) = match &error {
+            InvokeError::Status(s) => (s, false),
+            // The gateway answered, but not with a `Message`: the same call
+            // would get the same answer.
+            InvokeError::InvalidReply(s) => (s, true),
+        };
         let code = status.code();
-        let waiting = code == Code::Unavailable && retry.wait_while_unavailable;
+        let waiting = code == Code::Unavailable && retry.wait_while_unavailable && !permanent;
         if waiting && svc.stopping.is_cancelled() {
-            return Err(Abandoned);
+            return Err(Fate::Abandon);
         }
         if !waiting {
             counted += 1;
         }
-        let retryable = retry.on.iter().any(|c| c.to_tonic() == code);
+        let retryable = !permanent && retry.on.iter().any(|c| c.to_tonic() == code);
         if !waiting && (!retryable || counted >= retry.attempts) {
             let mut f = Failure::new(
                 Stage::Gateway,
@@ -250,7 +262,7 @@ async fn invoke(
             );
             f.grpc_code = Some(code);
             f.attempts = tries;
-            return Ok(Err(f));
+            return Err(f.into());
         }
         let delay = retry
             .backoff
@@ -261,19 +273,19 @@ async fn invoke(
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = svc.stopping.cancelled(), if waiting => return Err(Abandoned),
+            () = svc.stopping.cancelled(), if waiting => return Err(Fate::Abandon),
         }
     }
 }
 
-/// Turns a transform's (or the default) result into a publish, filling in the
+/// Turns a transform's (or the default) result into a message, filling in the
 /// route's republish target where the result leaves it open.
 fn resolve(
     ctx: &RouteCtx,
-    msg: &Inbound,
+    msg: &Message,
     captures: &[String],
     out: OutMessage,
-) -> Result<Publish, String> {
+) -> Result<Message, String> {
     let route = &ctx.route;
     let target = route.config.republish.as_ref();
     let default_target = out.topic.is_none();
@@ -297,7 +309,7 @@ fn resolve(
                 .map_err(|e| format!("republish topic {:?}: {e}", template.as_str()))?
         }
     };
-    Ok(Publish {
+    Ok(Message {
         topic,
         payload: out.payload,
         qos: out
@@ -312,34 +324,74 @@ fn resolve(
 
 /// Publishes until the broker confirms or refuses. Connection losses are retried
 /// (with backoff) because the source message is still unacknowledged.
-async fn publish_confirmed(
-    svc: &Services,
-    publish: Publish,
-) -> Result<Result<(), String>, Abandoned> {
+async fn publish_confirmed(svc: &Services, publish: Message) -> Result<(), Fate> {
     let mut tries = 0u32;
     loop {
         match svc.publisher.publish(publish.clone()).await {
-            Ok(()) => return Ok(Ok(())),
-            Err(PublishError::Closed) => return Err(Abandoned),
+            Ok(()) => return Ok(()),
+            Err(PublishError::Closed) => return Err(Fate::Abandon),
+            Err(PublishError::TooLarge { size, limit }) => {
+                return Err(Failure::new(
+                    Stage::ResultTooLarge,
+                    format!(
+                        "the result for {:?} is a packet of {size} bytes; the broker accepts at most {limit} bytes (mqtt.max_packet_size, or the broker's own limit)",
+                        publish.topic
+                    ),
+                )
+                .into())
+            }
             Err(e) if e.is_transient() => {
                 tries += 1;
                 let delay = Duration::from_millis(100u64.saturating_mul(1 << tries.min(6)));
                 debug!(topic = %publish.topic, error = %e, "publishing again");
                 tokio::time::sleep(delay).await;
             }
-            Err(e) => return Ok(Err(format!("publishing to {:?}: {e}", publish.topic))),
+            Err(e) => {
+                return Err(
+                    Failure::new(Stage::Publish, format!("publishing to {:?}: {e}", publish.topic)).into(),
+                )
+            }
         }
     }
 }
 
-/// Publishes the dead letter; the message is done once the broker has it.
+/// Publishes a dead letter for `source` on `topic`, fitted to what the broker
+/// accepts. True once the broker has it.
+async fn publish_dead_letter(
+    svc: &Services,
+    topic: String,
+    source: Source<'_>,
+    failure: &Failure,
+) -> bool {
+    let mut dead = Message::new(topic, Bytes::new(), deadletter::QOS);
+    dead.content_type = (svc.protocol == Protocol::V5).then(|| "application/json".to_string());
+    let overhead = svc.publisher.packet_size(&dead);
+    let budget = svc.publisher.max_packet_size().saturating_sub(overhead);
+    let Some(payload) = deadletter::envelope(source, failure, budget) else {
+        error!(dead_letter = %dead.topic, budget, "not even the shortest dead letter fits the broker's packet size; leaving the message unacknowledged");
+        return false;
+    };
+    dead.payload = Bytes::from(payload);
+    match publish_confirmed(svc, dead).await {
+        Ok(()) => true,
+        Err(Fate::Abandon) => false,
+        Err(Fate::DeadLetter(e)) => {
+            // A dead letter the broker refuses cannot be delivered anywhere else;
+            // keep the message with the broker rather than lose it.
+            warn!(error = %e.error, "the broker refused the dead letter; leaving the message unacknowledged");
+            false
+        }
+    }
+}
+
+/// Dead-letters a message of a route; true once the broker has the dead letter.
 async fn dead_letter(
     ctx: &RouteCtx,
     svc: &Services,
-    msg: &Inbound,
+    msg: &Message,
     captures: &[String],
     failure: Failure,
-) -> Result<(), Abandoned> {
+) -> bool {
     let route = &ctx.route;
     let topic = route
         .dead_letter
@@ -353,25 +405,47 @@ async fn dead_letter(
             "fxbridge/dead-letter".to_string()
         });
     warn!(route = route.name(), topic = %msg.topic, dead_letter = %topic, error = %failure.error, "dead-lettering");
-    let payload = deadletter::envelope(route.name(), &route.config.function, msg, &failure);
-    let publish = Publish {
-        topic,
-        payload: Bytes::from(payload),
-        qos: deadletter::QOS,
-        retain: false,
-        user_properties: Vec::new(),
-        content_type: (svc.protocol == Protocol::V5).then(|| "application/json".to_string()),
+    let source = Source {
+        route: Some(route.name()),
+        function: Some(&route.config.function),
+        msg,
     };
-    match publish_confirmed(svc, publish).await? {
-        Ok(()) => {
-            count(&ctx.metrics.dead_letters);
-            Ok(())
-        }
-        Err(e) => {
-            // A dead letter the broker refuses cannot be delivered anywhere else;
-            // keep the message with the broker rather than lose it.
-            warn!(route = route.name(), error = %e, "the broker refused the dead letter; leaving the message unacknowledged");
-            Err(Abandoned)
-        }
+    let ok = publish_dead_letter(svc, topic, source, &failure).await;
+    if ok {
+        count(&ctx.metrics.dead_letters);
+    }
+    ok
+}
+
+/// Dead-letters a message that no route of its session takes.
+pub async fn unrouted(svc: &Services, job: UnroutedJob) {
+    let UnroutedJob { msg, session, done } = job;
+    let topic = svc
+        .unrouted_dead_letter
+        .render(TemplateContext {
+            topic: &msg.topic,
+            route: &session,
+            captures: &[],
+        })
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "unrouted dead-letter template failed; using fxbridge/dead-letter/unrouted");
+            "fxbridge/dead-letter/unrouted".to_string()
+        });
+    let failure = Failure::new(
+        Stage::Unrouted,
+        format!(
+            "no route of session {session:?} takes topic {:?} (its route was removed, or an earlier configuration subscribed it)",
+            msg.topic
+        ),
+    );
+    warn!(%session, topic = %msg.topic, dead_letter = %topic, "no route takes this message; dead-lettering it");
+    let source = Source {
+        route: None,
+        function: None,
+        msg: &msg,
+    };
+    if publish_dead_letter(svc, topic, source, &failure).await {
+        svc.metrics.unrouted_dead_lettered();
+        done.success();
     }
 }

@@ -20,15 +20,16 @@
 //!   messages, so every message runs on one version, pre and post hook alike,
 //!   and per-topic order holds. Added filters are subscribed, removed ones
 //!   unsubscribed, unchanged ones left alone.
-//! - `mqtt`, `gateway`, `shutdown` or `plugins`: the core is drained (in-flight
-//!   messages finish and are acknowledged) and restarted with the new settings,
-//!   which is a clean reconnect; the persistent session keeps what arrives
-//!   meanwhile.
+//! - `mqtt`, `gateway`, `shutdown`, `plugins`, `unrouted` or `state_dir`: the
+//!   new settings are built first (TLS material read, URLs parsed; a failure
+//!   here changes nothing), then the core is drained (in-flight messages finish
+//!   and are acknowledged) and restarted with them, which is a clean
+//!   reconnect; the persistent sessions keep what arrives meanwhile.
 //! - `broker` (the embedded broker) or `admin`: cannot change in a running
 //!   process; the reload applies everything else and says, in the log and in
 //!   the reload status, that these need a restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,9 +123,19 @@ fn watched_files(path: &Path, config: Option<&Config>) -> Vec<PathBuf> {
     files
 }
 
-/// What the config file and its plugins contain now, as one hash.
-pub fn fingerprint(path: &Path) -> String {
+/// What the config file and its plugins contain at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// One hash over the config text and every plugin's path and sha256.
+    pub hash: String,
+    /// sha256 (hex) of each plugin file the config names, read once.
+    pub plugins: HashMap<PathBuf, String>,
+}
+
+/// Reads the config file and hashes every plugin it names, once.
+pub fn fingerprint(path: &Path) -> Fingerprint {
     let mut h = Sha256::new();
+    let mut plugins = HashMap::new();
     match std::fs::read(path) {
         Ok(bytes) => {
             h.update(&bytes);
@@ -132,14 +143,19 @@ pub fn fingerprint(path: &Path) -> String {
             let text = String::from_utf8_lossy(&bytes);
             if let Ok(cfg) = Config::parse(&text, &path.display().to_string(), base) {
                 for p in cfg.routes.iter().filter_map(|r| r.component_path.as_ref()) {
+                    let digest = file_digest(p).unwrap_or_default();
                     h.update(p.to_string_lossy().as_bytes());
-                    h.update(file_digest(p).unwrap_or_default().as_bytes());
+                    h.update(digest.as_bytes());
+                    plugins.insert(p.clone(), digest);
                 }
             }
         }
         Err(e) => h.update(format!("unreadable: {}", e.kind()).as_bytes()),
     }
-    format!("{:x}", h.finalize())
+    Fingerprint {
+        hash: format!("{:x}", h.finalize()),
+        plugins,
+    }
 }
 
 /// Loads every plugin a validated `config` needs, exactly as a reload would,
@@ -158,12 +174,25 @@ pub async fn check_plugins(config: &Config) -> Result<()> {
 /// Applies `path` to the running `bridge`. On error nothing has changed.
 /// Returns a summary of what changed.
 pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
+    let p = path.to_path_buf();
+    let now = tokio::task::spawn_blocking(move || fingerprint(&p))
+        .await
+        .context("fingerprint task failed")?;
+    reload_with(bridge, path, &now.plugins).await
+}
+
+/// [`reload`], with the plugin digests already read (`fingerprint`).
+async fn reload_with(
+    bridge: &mut Bridge,
+    path: &Path,
+    digests: &HashMap<PathBuf, String>,
+) -> Result<String> {
     let new = Config::load(path).map_err(|e| anyhow!("{e}"))?;
     let core = bridge
         .core
         .as_mut()
         .ok_or_else(|| anyhow!("the bridge is stopping"))?;
-    let old = &core.config;
+    let old = core.config();
 
     let mut needs_restart = Vec::new();
     if new.broker != old.broker {
@@ -179,6 +208,8 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
         || new.credentials != old.credentials
         || new.gateway != old.gateway
         || new.shutdown != old.shutdown
+        || new.unrouted_dead_letter != old.unrouted_dead_letter
+        || new.state_dir != old.state_dir
         || new.base_dir != old.base_dir;
 
     let plugins = if new_host {
@@ -187,45 +218,27 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
         Arc::clone(&bridge.plugins)
     };
     // Build every new or changed route; reuse the unchanged ones as they run.
-    let table = core.router.table();
     let reusable = |route: &crate::config::Route| -> Option<Arc<RouteCtx>> {
         if new_host {
             return None;
         }
-        let entry = table.get(route.name())?;
         let digest = match &route.component_path {
-            Some(p) => Some(file_digest(p).ok()?),
+            Some(p) => Some(digests.get(p)?.as_str()),
             None => None,
         };
-        (entry.ctx.route == *route && entry.ctx.plugin_digest == digest)
-            .then(|| Arc::clone(&entry.ctx))
+        core.reusable(route, digest)
     };
     let routes = load_routes(&new, &bridge.metrics, &plugins, reusable).await?;
-    drop(table);
 
     let mut summary = if reconnect {
-        let old_routes: Vec<Arc<RouteCtx>> = core
-            .router
-            .table()
-            .routes
-            .iter()
-            .map(|e| Arc::clone(&e.ctx))
-            .collect();
-        let old_config = core.config.clone();
+        // Everything that can fail is built before the running core is touched.
+        let prepared = Core::prepare(new.clone(), &bridge.metrics)
+            .context("the new connection settings cannot be used")?;
         info!("connection settings changed: draining, then reconnecting with the new ones");
         if let Some(core) = bridge.core.take() {
             core.stop().await;
         }
-        match Core::start(new.clone(), &bridge.metrics, routes) {
-            Ok(core) => bridge.core = Some(core),
-            Err(e) => {
-                // Should not happen (the settings were validated); go back to
-                // the version that ran.
-                error!(error = %format!("{e:#}"), "cannot start with the new settings; restarting the previous version");
-                bridge.core = Some(Core::start(old_config, &bridge.metrics, old_routes)?);
-                return Err(e.context("reconnect with the new settings failed"));
-            }
-        }
+        bridge.core = Some(prepared.start(&bridge.metrics, routes));
         if new_host {
             bridge.plugins = plugins;
         }
@@ -234,16 +247,18 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
             new.routes.len()
         )
     } else {
-        let changes = core.swap_routes(routes);
-        core.config = new;
+        let changes = core.swap_routes(routes).await;
+        core.set_config(new);
         format!(
-            "routes added {:?}, changed {:?}, removed {:?}, unchanged {}; subscribed {:?}, unsubscribed {:?}",
+            "routes added {:?}, changed {:?}, removed {:?}, unchanged {}; subscribed {:?}, unsubscribed {:?}; sessions started {:?}, retired {:?}",
             changes.added,
             changes.changed,
             changes.removed,
             changes.kept.len(),
             changes.subscribed,
-            changes.unsubscribed
+            changes.unsubscribed,
+            changes.sessions_started,
+            changes.sessions_retired
         )
     };
     if !needs_restart.is_empty() {
@@ -259,7 +274,7 @@ pub async fn reload(bridge: &mut Bridge, path: &Path) -> Result<String> {
 pub async fn run(path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = Config::load(&path).map_err(|e| anyhow!("invalid configuration:\n{e}"))?;
-    let mut last = fingerprint(&path);
+    let mut last = fingerprint(&path).hash;
     let mut watcher = FileWatcher::new()?;
     watcher.watch(
         watched_files(&path, Some(&config))
@@ -279,13 +294,13 @@ pub async fn run(path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()
         let now = tokio::task::spawn_blocking(move || fingerprint(&p))
             .await
             .context("fingerprint task failed")?;
-        if !forced && now == last {
+        if !forced && now.hash == last {
             debug!("files touched, content unchanged: nothing to reload");
             continue;
         }
-        last = now;
+        last = now.hash;
         info!(trigger = if forced { "SIGHUP" } else { "file change" }, config = %path.display(), "reloading");
-        match reload(&mut bridge, &path).await {
+        match reload_with(&mut bridge, &path, &now.plugins).await {
             Ok(summary) => {
                 info!(%summary, "reload applied");
                 bridge.metrics.reload(Ok(summary));

@@ -5,34 +5,46 @@
 //! reload swaps it atomically; a message is dispatched against exactly one table
 //! version, and its job keeps that version's route (plugin included) to the end.
 //!
-//! When several routes match one message, every one of them processes it, each
-//! once; the source is acknowledged after all of them are done. Under MQTT 5 each
-//! distinct filter is subscribed with its own subscription identifier and a
-//! delivery goes only to the routes of the identifiers it carries, so overlapping
-//! filters (which MQTT 5 brokers deliver once per subscription) are not processed
-//! twice. Under MQTT 3.1.1 the routes are found by matching the topic.
+//! Every route belongs to a *session* (its own by default): the session that
+//! received a message is the only one whose routes can take it. When several
+//! routes of a session match one message, every one of them processes it, each
+//! once; the source is acknowledged after all of them are done. Under MQTT 5
+//! each distinct filter is subscribed with its own subscription identifier and
+//! a delivery goes only to the routes of the identifiers it carries, so
+//! overlapping filters (which MQTT 5 brokers deliver once per subscription) are
+//! not processed twice. Under MQTT 3.1.1 the routes are found by matching the
+//! topic.
+//!
+//! A message no route takes (its route was removed by a reload, or a filter
+//! was left subscribed by an earlier configuration) goes to the *unrouted*
+//! worker, which dead-letters it; it is acknowledged once the dead letter is
+//! confirmed. Once [`Router::close`] ran, nothing is dispatched any more.
 //!
 //! A route's [`worker`] keeps per-topic order (`ordering: per-topic`): one message
 //! per topic at a time, in arrival order, with up to `max_in_flight` topics in
 //! parallel; with `ordering: none` up to `max_in_flight` messages run at once.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error};
+use tracing::error;
 
 use crate::ack::Completion;
-use crate::config::{Ordering, Protocol};
-use crate::message::Inbound;
+use crate::config::{Ordering, Protocol, Retained};
+use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::mqtt::inbound::Dispatch;
+use crate::mqtt::inbound::{Closed, Delivery, Dispatch};
 use crate::mqtt::Subscription;
-use crate::pipeline::{self, Job, RouteCtx, Services};
+use crate::pipeline::{self, Job, RouteCtx, Services, UnroutedJob};
+
+/// Messages of the unrouted dead letter in progress at once.
+const UNROUTED_IN_FLIGHT: usize = 16;
 
 /// A route of the current table: its context and the queue of its worker.
 /// Cloning it shares the worker (which runs while any clone's queue sender lives).
@@ -61,8 +73,9 @@ pub enum Plan {
 /// One version of the routing table.
 pub struct Table {
     pub routes: Vec<RouteEntry>,
-    /// Subscriptions, one per distinct filter, with stable MQTT 5 identifiers.
-    pub subscriptions: Vec<Subscription>,
+    /// Per session: its subscriptions, one per distinct filter, with stable
+    /// MQTT 5 identifiers.
+    pub sessions: BTreeMap<String, Vec<Subscription>>,
     /// Subscription identifier -> indexes into `routes`.
     by_subscription: HashMap<usize, Vec<usize>>,
     protocol: Protocol,
@@ -117,22 +130,25 @@ impl TableBuilder {
                 Plan::Start { ctx, after } => self.spawn(ctx, after),
             });
         }
-        let mut subscriptions: Vec<Subscription> = Vec::new();
+        let mut sessions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
         let mut by_subscription: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             let filter = e.ctx.route.filter.as_str().to_string();
             let qos = e.ctx.route.config.qos;
             let id = self.id(&filter);
             by_subscription.entry(id).or_default().push(i);
-            match subscriptions.iter_mut().find(|s| s.filter == filter) {
+            let subs = sessions
+                .entry(e.ctx.route.session().to_string())
+                .or_default();
+            match subs.iter_mut().find(|s| s.filter == filter) {
                 // Two routes on one filter: one subscription, at the higher QoS.
                 Some(s) => s.qos = s.qos.max(qos),
-                None => subscriptions.push(Subscription { filter, qos, id }),
+                None => subs.push(Subscription { filter, qos, id }),
             }
         }
         Table {
             routes: entries,
-            subscriptions,
+            sessions,
             by_subscription,
             protocol: self.protocol,
         }
@@ -159,13 +175,24 @@ impl TableBuilder {
 /// Dispatches deliveries against the current table.
 pub struct Router {
     table: ArcSwap<Table>,
+    /// The unrouted worker's queue; `None` once closed.
+    unrouted: Mutex<Option<mpsc::UnboundedSender<UnroutedJob>>>,
+    unrouted_finished: watch::Receiver<bool>,
+    closed: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(table: Table, metrics: Arc<Metrics>) -> Router {
+    pub fn new(table: Table, services: Arc<Services>) -> Router {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, unrouted_finished) = watch::channel(false);
+        let metrics = Arc::clone(&services.metrics);
+        tokio::spawn(unrouted_worker(services, rx, done_tx));
         Router {
             table: ArcSwap::from_pointee(table),
+            unrouted: Mutex::new(Some(tx)),
+            unrouted_finished,
+            closed: AtomicBool::new(false),
             metrics,
         }
     }
@@ -180,44 +207,93 @@ impl Router {
     pub fn swap(&self, table: Table) -> Arc<Table> {
         self.table.swap(Arc::new(table))
     }
+
+    /// Stops dispatching for good: swaps in `empty` and closes the unrouted
+    /// worker's queue. Returns what to wait for: every worker of the last table
+    /// and the unrouted worker, each done once its jobs are.
+    pub fn close(&self, empty: Table) -> Vec<watch::Receiver<bool>> {
+        self.closed.store(true, AtomicOrdering::Release);
+        let old = self.swap(empty);
+        let mut finished: Vec<_> = old.routes.iter().map(|r| r.finished.clone()).collect();
+        finished.push(self.unrouted_finished.clone());
+        if let Ok(mut q) = self.unrouted.lock() {
+            q.take();
+        }
+        finished
+    }
 }
 
 impl Dispatch for Router {
     fn dispatch(
         &self,
-        msg: Inbound,
-        subscription_ids: &[usize],
-        completion: &mut dyn FnMut(usize) -> Completion,
-    ) {
+        msg: Message,
+        delivery: &Delivery<'_>,
+        completion: &Completion,
+    ) -> Result<usize, Closed> {
+        if self.closed.load(AtomicOrdering::Acquire) {
+            return Err(Closed);
+        }
         let table = self.table.load();
-        let mut matched: Vec<(usize, Vec<String>)> = Vec::new();
-        let candidates: Box<dyn Iterator<Item = usize>> =
-            if table.protocol == Protocol::V5 && !subscription_ids.is_empty() {
-                let mut idx: Vec<usize> = subscription_ids
+        let of_session = |i: &usize| table.routes[*i].ctx.route.session() == delivery.session;
+        let candidates: Vec<usize> =
+            if table.protocol == Protocol::V5 && !delivery.subscription_ids.is_empty() {
+                let mut idx: Vec<usize> = delivery
+                    .subscription_ids
                     .iter()
                     .filter_map(|id| table.by_subscription.get(id))
                     .flatten()
                     .copied()
+                    .filter(of_session)
                     .collect();
                 idx.sort_unstable();
                 idx.dedup();
-                Box::new(idx.into_iter())
+                idx
             } else {
-                Box::new(0..table.routes.len())
+                (0..table.routes.len()).filter(of_session).collect()
             };
+        let mut matched = 0usize;
+        let mut jobs: Vec<(usize, Vec<String>)> = Vec::new();
         for i in candidates {
-            if let Some(captures) = table.routes[i].ctx.route.filter.matches(&msg.topic) {
-                matched.push((i, captures));
+            let route = &table.routes[i].ctx.route;
+            let Some(captures) = route.filter.matches(&msg.topic) else {
+                continue;
+            };
+            matched += 1;
+            // A retained message delivered because of a subscription (RETAIN
+            // set) is the broker's stored state, not a new event.
+            let skip = msg.retain
+                && match route.config.retained {
+                    Retained::Process => false,
+                    Retained::Skip => true,
+                    Retained::SkipOnResubscribe => {
+                        (delivery.subscribed_before)(route.filter.as_str())
+                    }
+                };
+            if skip {
+                table.routes[i].ctx.metrics.count_retained_skip();
+                continue;
             }
+            jobs.push((i, captures));
         }
-        if matched.is_empty() {
+        if matched == 0 {
             self.metrics.unrouted();
-            debug!(topic = %msg.topic, "no route takes this message; acknowledging it");
+            let queue = self.unrouted.lock().ok().and_then(|q| q.clone());
+            let Some(queue) = queue else {
+                return Err(Closed);
+            };
+            let job = UnroutedJob {
+                msg,
+                session: delivery.session.to_string(),
+                done: completion.route(),
+            };
+            // The worker lives as long as its queue's sender, which this router holds.
+            let _ = queue.send(job);
+            return Ok(1);
         }
-        let completion = completion(matched.len());
+        let taken = jobs.len();
         let msg = Arc::new(msg);
         let now = Instant::now();
-        for (i, captures) in matched {
+        for (i, captures) in jobs {
             let job = Job {
                 msg: Arc::clone(&msg),
                 captures,
@@ -227,7 +303,33 @@ impl Dispatch for Router {
             // A worker lives as long as its queue's sender, which this table holds.
             let _ = table.routes[i].jobs.send(job);
         }
+        Ok(taken)
     }
+}
+
+/// Dead-letters the messages no route takes, until its queue closes and every
+/// dead letter is confirmed (or the drain deadline passes).
+async fn unrouted_worker(
+    services: Arc<Services>,
+    mut rx: mpsc::UnboundedReceiver<UnroutedJob>,
+    finished: watch::Sender<bool>,
+) {
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        if !open && running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            () = services.cancel.cancelled() => break,
+            job = rx.recv(), if open && running.len() < UNROUTED_IN_FLIGHT => match job {
+                Some(job) => running.push(pipeline::unrouted(&services, job)),
+                None => open = false,
+            },
+            Some(()) = running.next() => {}
+        }
+    }
+    let _ = finished.send(true);
 }
 
 /// Runs one route's jobs until its queue closes and every job has finished.
@@ -358,16 +460,9 @@ mod tests {
 
     fn job(topic: &str, n: u8) -> Job {
         let (tx, _rx) = mpsc::unbounded_channel();
-        let c = Completion::new(1, None, tx, None);
+        let c = Completion::new(None, tx, None);
         Job {
-            msg: Arc::new(Inbound {
-                topic: topic.into(),
-                payload: Bytes::from(vec![n]),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                user_properties: vec![],
-                content_type: None,
-            }),
+            msg: Arc::new(Message::new(topic, Bytes::from(vec![n]), QoS::AtLeastOnce)),
             captures: vec![],
             done: c.route(),
             dispatched: Instant::now(),

@@ -2,15 +2,34 @@
 //!
 //! Both trust either the CA file named in `bridge.yaml` or the system's roots,
 //! and present a client certificate when one is configured. rustls with the
-//! `ring` provider; nothing here reads the network.
+//! `ring` provider; nothing here reads the network. `fxbridge check` and every
+//! reload build these settings once before anything connects, so a CA file
+//! without a certificate, or a key that does not parse, is a configuration
+//! error and not a connection that fails later.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 
-use crate::config::TlsFiles;
+/// Certificates for `mqtts://` or `https://`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM CA bundle; the system roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Server name to verify, when it differs from the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
 
 /// A rustls client config from `tls` (paths relative to `base`); `peer` names
 /// the other side in errors ("MQTT", "gateway").
@@ -29,6 +48,9 @@ pub fn client_config(
                 roots
                     .add(cert.with_context(|| format!("bad certificate in {}", path.display()))?)
                     .with_context(|| format!("unusable {peer} CA certificate"))?;
+            }
+            if roots.is_empty() {
+                bail!("{peer} CA file {} holds no PEM certificate", path.display());
             }
         }
         None => {

@@ -352,7 +352,8 @@ async fn pubacks_leave_in_publish_order_although_work_finishes_out_of_order() {
     );
     let results = Collector::start(broker.port(), &["ord/out"]).await;
     let bridge = start_in_process(&cfg).await;
-    let conns = proxy.connections_of(&cfg.client_id);
+    // The route's own session: client id `<client_id>.<route>`.
+    let conns = proxy.connections_of(&format!("{}.ord", cfg.client_id));
     assert_eq!(
         conns.len(),
         1,

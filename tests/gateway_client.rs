@@ -68,6 +68,7 @@ async fn invoke_once(
             Duration::from_secs(5),
         )
         .await
+        .map_err(|e| e.status().clone())
 }
 
 #[tokio::test]

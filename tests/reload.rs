@@ -194,19 +194,22 @@ async fn adding_and_removing_routes_changes_the_subscriptions() {
     );
     let bridge = BridgeProcess::spawn(cfg.path());
     bridge.wait_ready(s.admin, WAIT).await;
+    // Each route has its own session, client id `<client_id>.<route>`; the
+    // route's filter is `<route>/+`.
     let client_id = s.base.client_id.clone();
+    let session = |filter: &str| format!("{client_id}.{}", &filter[..1]);
     let subscribes = |filter: &str| {
         s.broker
             .log()
             .lines()
-            .filter(|l| l.contains(&client_id) && l.ends_with(&format!(" 1 {filter}")))
+            .filter(|l| l.contains(&session(filter)) && l.ends_with(&format!(" 1 {filter}")))
             .count()
     };
     let unsubscribes = |filter: &str| {
         s.broker
             .log()
             .lines()
-            .filter(|l| l.contains(&client_id) && l.ends_with(&format!("{client_id} {filter}")))
+            .filter(|l| l.ends_with(&format!("{} {filter}", session(filter))))
             .count()
     };
     assert_eq!(

@@ -10,7 +10,12 @@
 //!
 //! The connection is opened on first use and again after it closes; while the
 //! gateway is unreachable every call fails fast with `UNAVAILABLE`, which the
-//! route's retry policy handles. Connecting is serialised, and a call that
+//! route's retry policy handles. While calls are in flight, HTTP/2 PINGs
+//! (`gateway.keep_alive`) find a connection that went silent (a black-holed
+//! route, a peer that vanished without a reset): it is closed, its calls fail
+//! with `UNAVAILABLE`, and the next call opens a new one. No PINGs are sent on
+//! an idle connection: gRPC servers (grpc-go's default enforcement policy)
+//! answer pings without calls with GOAWAY. Connecting is serialised, and a call that
 //! waited while another call's attempt failed takes that failure instead of
 //! trying again: a burst of calls against an unreachable gateway (a black-holed
 //! address that only times out, say) costs one attempt, not one each in turn.
@@ -56,6 +61,8 @@ struct Inner {
         rustls::pki_types::ServerName<'static>,
     )>,
     connect_timeout: Duration,
+    /// HTTP/2 PING interval and timeout while calls are in flight; `None`: off.
+    keep_alive: Option<(Duration, Duration)>,
     /// The open connection, if any; replaced when it has closed.
     current: ArcSwapOption<Sender>,
     /// Held while connecting, so concurrent calls share one attempt.
@@ -115,6 +122,8 @@ impl H2Channel {
                 port,
                 tls,
                 connect_timeout: cfg.connect_timeout,
+                keep_alive: (!cfg.keep_alive.interval.is_zero())
+                    .then_some((cfg.keep_alive.interval, cfg.keep_alive.timeout)),
                 current: ArcSwapOption::empty(),
                 connecting: tokio::sync::Mutex::new(()),
                 attempts: AtomicU64::new(0),
@@ -192,28 +201,33 @@ impl Inner {
             .context("TCP connect")?;
         tcp.set_nodelay(true).context("TCP_NODELAY")?;
         match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(tcp, self.keep_alive).await,
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
                     .context("TLS handshake")?;
-                handshake(stream).await
+                handshake(stream, self.keep_alive).await
             }
         }
     }
 }
 
 /// The HTTP/2 handshake; the connection runs on its own task until every
-/// sender is gone or the peer closes it.
-async fn handshake<T>(io: T) -> Result<Sender>
+/// sender is gone, the peer closes it, or a PING goes unanswered.
+async fn handshake<T>(io: T, keep_alive: Option<(Duration, Duration)>) -> Result<Sender>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some((interval, timeout)) = keep_alive {
+        builder
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(false);
+    }
+    let (sender, connection) = builder
         .handshake(TokioIo::new(io))
         .await
         .context("HTTP/2 handshake")?;

@@ -1,254 +1,323 @@
-//! The subscriber connection: reads messages, hands them to the router, and sends
-//! their acknowledgements in arrival order once they are finished.
+//! A subscriber connection: reads one session's messages, hands them to the
+//! router, and sends their acknowledgements in arrival order once finished.
 //!
-//! One task owns the rumqttc event loop. Because `poll` is not cancel-safe, the
-//! task keeps a single `poll` future alive until it completes and serves the
-//! other inputs (finished deliveries, subscription changes, shutdown) around it.
-//! That also makes the connection epoch exact: rumqttc drops queued acks when the
-//! connection fails (`EventLoop::clean`), and this task switches to a new epoch in
-//! the same step, before any later ack could be queued.
+//! One task owns the rumqttc event loop of a session. Because `poll` is not
+//! cancel-safe, the task keeps a single `poll` future alive until it completes
+//! and serves the other inputs (finished deliveries, subscription changes, stop
+//! and close) around it. The protocol state (acknowledgement order, redelivery
+//! settling, subscriptions, the outbox of control packets) is a
+//! [`Session`](super::session::Session); this module only moves packets between
+//! it, the network and the router.
 //!
-//! Redeliveries: the deliveries still held when a connection is lost are
-//! remembered by packet id (with their topic and a hash of the payload). When
-//! the broker resends one after the reconnect (DUP set, same packet id, topic
-//! and payload), it is settled against the copy from before ([`crate::ack`]): a
-//! copy no route has started is dropped and the redelivery processed; a copy
-//! that was processed completely only needs the redelivery acknowledged. A copy
-//! the broker does not resend (a broker that lost its session) is processed as
-//! usual, so nothing depends on the broker having kept it. Packet ids identify
-//! the message because a broker that keeps the session cannot reuse one that is
-//! not acknowledged; without a session (`session_present` false) nothing earlier
-//! is remembered.
+//! Backpressure: at most `mqtt.max_pending` deliveries of the session are held
+//! at once (a semaphore permit travels with each one). At the limit the task
+//! stops polling, so the broker stops sending (TCP flow control, and under MQTT
+//! 5 also Receive Maximum); nothing is buffered without bound. Control packets
+//! never wait for a permit, and none is ever dropped: when rumqttc's request
+//! channel has no room, they wait in the session's outbox, in order.
 //!
-//! Backpressure: at most `mqtt.max_pending` deliveries are held at once (a
-//! semaphore permit travels with each one). At the limit the task stops polling,
-//! so the broker stops sending (TCP flow control, and under MQTT 5 also Receive
-//! Maximum); nothing is buffered without bound.
+//! Stopping: once `stop_reading` fires, the task hands nothing more to the
+//! router; a message that arrives, or that was waiting for room, is left
+//! unacknowledged for the broker to redeliver in the next session. The task
+//! then says so (`reading_stopped`), and only after that may the bridge close
+//! its routes: a message is never routed against a table that is being torn
+//! down (where it would find no route and be acknowledged as unrouted).
+//!
+//! Retiring: a session whose routes were all removed (by a reload, or while the
+//! bridge was down) unsubscribes its filters, dead-letters what the broker
+//! still delivers as unrouted, and ends once nothing arrived for [`QUIET`].
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Client, Connection, Event, Received, Reconnect, Subscription};
-use crate::ack::{AckTracker, Completion, Finished, Redelivery, Superseder};
+use super::session::{Control, Session};
+use super::state_file::StateFile;
+use super::{Client, Connection, Endpoint, Event, Received, Reconnect, Subscription};
+use crate::ack::{Completion, Finished};
 use crate::config::Backoff;
-use crate::message::{self, QoS};
-use crate::metrics::Metrics;
+use crate::message::Message;
+use crate::metrics::{Metrics, SessionStatus};
+
+/// A retiring session ends after this long without a message.
+pub const QUIET: Duration = Duration::from_secs(2);
+
+/// Requests that may wait in rumqttc's channel. Acknowledgements never exceed
+/// what the broker may send unacknowledged; the outbox takes any overflow.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// What a delivery carries besides the message, for the router.
+pub struct Delivery<'a> {
+    /// The session that received it.
+    pub session: &'a str,
+    /// MQTT 5 subscription identifiers of the subscriptions that matched.
+    pub subscription_ids: &'a [usize],
+    /// Whether `filter` was subscribed before by this session (a retained
+    /// message on it is then a replay).
+    pub subscribed_before: &'a dyn Fn(&str) -> bool,
+}
+
+/// The router stopped taking messages: the bridge is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
 
 /// Receives every message the broker delivers.
 pub trait Dispatch: Send + Sync + 'static {
-    /// Hands `msg` to the routes it belongs to. `completion` is called once with
-    /// the number of routes that took it and returns the shared completion whose
-    /// per-route handles travel with the work.
+    /// Hands `msg` to every route of `delivery.session` that takes it, each
+    /// with its own [`Completion::route`] handle; a message no route takes goes
+    /// to the unrouted dead letter. Returns how many took it, or `Closed`.
     fn dispatch(
         &self,
-        msg: message::Inbound,
-        subscription_ids: &[usize],
-        completion: &mut dyn FnMut(usize) -> Completion,
-    );
+        msg: Message,
+        delivery: &Delivery<'_>,
+        completion: &Completion,
+    ) -> Result<usize, Closed>;
 }
 
-/// Changes to the set of subscriptions, applied while running.
+/// Changes to a running session.
 #[derive(Debug)]
 pub enum Command {
     Subscribe(Vec<Subscription>),
     Unsubscribe(Vec<String>),
+    /// Every route of the session was removed: unsubscribe everything,
+    /// dead-letter what still arrives, end when quiet.
+    Retire,
 }
 
-/// A handle to change what the running connection subscribes to.
-#[derive(Clone)]
-pub struct Subscriptions {
-    tx: mpsc::UnboundedSender<Command>,
+/// A running session's task and the means to change and stop it.
+pub struct SessionHandle {
+    pub name: String,
+    commands: mpsc::UnboundedSender<Command>,
+    stop_reading: CancellationToken,
+    reading_stopped: watch::Receiver<bool>,
+    close: CancellationToken,
+    task: JoinHandle<()>,
 }
 
-impl Subscriptions {
+impl SessionHandle {
     pub fn subscribe(&self, subs: Vec<Subscription>) {
         if !subs.is_empty() {
-            let _ = self.tx.send(Command::Subscribe(subs));
+            let _ = self.commands.send(Command::Subscribe(subs));
         }
     }
+
     pub fn unsubscribe(&self, filters: Vec<String>) {
         if !filters.is_empty() {
-            let _ = self.tx.send(Command::Unsubscribe(filters));
+            let _ = self.commands.send(Command::Unsubscribe(filters));
         }
+    }
+
+    pub fn retire(&self) {
+        let _ = self.commands.send(Command::Retire);
+    }
+
+    /// Stops handing messages to the router; completes once the task has
+    /// stopped doing so (or has ended).
+    pub async fn stop_reading(&mut self) {
+        self.stop_reading.cancel();
+        let _ = self.reading_stopped.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Sends the acknowledgements due and disconnects (keeping the session).
+    pub async fn close(self) {
+        self.close.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Whether the task has ended (a retired session that went quiet).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 }
 
-/// The subscriber connection's task: the event loop and everything around it.
-pub struct SubscriberTask {
-    conn: Connection,
-    state: State,
+/// How the task was started.
+pub struct SessionSpec {
+    /// The session's name: a route group, or the client id of a retired session.
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub subscriptions: Vec<Subscription>,
+    pub max_pending: usize,
+    pub reconnect: Backoff,
+    /// True for a session that is only being retired.
+    pub retire: bool,
 }
 
-/// A QoS 1/2 delivery of the current connection that the routes still hold.
-struct Held {
-    topic: String,
-    payload: Bytes,
-    superseder: Superseder,
-}
-
-/// A delivery of an earlier connection that the broker may redeliver.
-struct Earlier {
-    topic: String,
-    payload_len: usize,
-    payload_hash: u64,
-    superseder: Superseder,
-}
-
-fn payload_hash(payload: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    payload.hash(&mut h);
-    h.finish()
-}
-
-/// What the task keeps besides the event loop (borrowed while a poll is pending).
-struct State {
-    client: Client,
+/// Starts the task of one session.
+pub fn spawn(
+    spec: SessionSpec,
     dispatch: Arc<dyn Dispatch>,
-    subs: Vec<Subscription>,
+    record: Arc<StateFile>,
+    metrics: Arc<Metrics>,
+) -> SessionHandle {
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (stopped_tx, reading_stopped) = watch::channel(false);
+    let stop_reading = CancellationToken::new();
+    let close = CancellationToken::new();
+    let client_id = spec.endpoint.client_id().to_string();
+    let previous = record.filters(&client_id);
+    let status = metrics.session(&spec.name, !spec.retire);
+    let session = Session::new(spec.subscriptions, previous, spec.max_pending);
+    let task = Task {
+        name: spec.name.clone(),
+        client_id,
+        session,
+        dispatch,
+        commands,
+        pending: Arc::new(Semaphore::new(spec.max_pending)),
+        done_tx,
+        done_rx,
+        reconnect: Reconnect::new(spec.reconnect),
+        metrics,
+        status,
+        record,
+        recorded: BTreeSet::new(),
+        retiring: spec.retire,
+        reading: true,
+        reading_stopped: stopped_tx,
+    };
+    let handle = tokio::spawn(task.run(spec.endpoint, stop_reading.clone(), close.clone()));
+    SessionHandle {
+        name: spec.name,
+        commands: commands_tx,
+        stop_reading,
+        reading_stopped,
+        close,
+        task: handle,
+    }
+}
+
+struct Task {
+    name: String,
+    client_id: String,
+    session: Session,
+    dispatch: Arc<dyn Dispatch>,
     commands: mpsc::UnboundedReceiver<Command>,
     pending: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
-    tracker: AckTracker,
     reconnect: Reconnect,
     metrics: Arc<Metrics>,
-    connected: bool,
-    /// Subscribed after connecting; ready once the SUBACKs are in.
-    awaiting_suback: bool,
-    subacks_due: usize,
-    /// The broker may not have `subs` yet, even in a resumed session: true until
-    /// the first complete subscription of this process (the config may have
-    /// changed while the bridge was down).
-    must_subscribe: bool,
-    /// This connection's QoS 1/2 deliveries not yet finished, by packet id.
-    held: HashMap<u16, Held>,
-    /// Earlier connections' deliveries that a redelivery may settle, by packet id.
-    earlier: HashMap<u16, Earlier>,
-    /// At most this many `earlier` entries are kept (finished ones go first).
-    earlier_limit: usize,
+    status: Arc<SessionStatus>,
+    record: Arc<StateFile>,
+    /// What was last written to the record for this session.
+    recorded: BTreeSet<String>,
+    retiring: bool,
+    /// False once `stop_reading` fired: nothing more goes to the router.
+    reading: bool,
+    reading_stopped: watch::Sender<bool>,
 }
 
-impl SubscriberTask {
-    pub fn new(
-        client: Client,
-        conn: Connection,
-        dispatch: Arc<dyn Dispatch>,
-        subs: Vec<Subscription>,
-        max_pending: usize,
-        backoff: Backoff,
-        metrics: Arc<Metrics>,
-    ) -> (SubscriberTask, Subscriptions) {
-        let (tx, commands) = mpsc::unbounded_channel();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let state = State {
-            client,
-            dispatch,
-            subs,
-            commands,
-            pending: Arc::new(Semaphore::new(max_pending)),
-            done_tx,
-            done_rx,
-            tracker: AckTracker::new(),
-            reconnect: Reconnect::new(backoff),
-            metrics,
-            connected: false,
-            awaiting_suback: false,
-            subacks_due: 0,
-            must_subscribe: true,
-            held: HashMap::new(),
-            earlier: HashMap::new(),
-            earlier_limit: max_pending.saturating_mul(2).saturating_add(64),
-        };
-        (SubscriberTask { conn, state }, Subscriptions { tx })
-    }
-
-    /// Runs until `close`. After `stop_reading`, messages that still arrive are
-    /// left unacknowledged (the broker keeps them for the next session) while the
-    /// ones in progress finish and are acknowledged.
-    pub async fn run(self, stop_reading: CancellationToken, close: CancellationToken) {
-        let SubscriberTask {
-            mut conn,
-            mut state,
-        } = self;
-        state.run(&mut conn, stop_reading, close).await;
-    }
+/// What became of a message taken from the connection.
+enum Taken {
+    Handled,
+    /// `close` fired while it waited for room.
+    Closing,
 }
 
-impl State {
+impl Task {
     async fn run(
-        &mut self,
-        conn: &mut Connection,
+        mut self,
+        endpoint: Endpoint,
         stop_reading: CancellationToken,
         close: CancellationToken,
     ) {
+        let (client, mut conn) = endpoint.open(CHANNEL_CAPACITY);
+        self.write_record();
+        // A retiring session ends once quiet; this timer restarts on every message.
+        let quiet = tokio::time::sleep(QUIET);
+        tokio::pin!(quiet);
         loop {
+            self.flush_controls(&client);
             let event = {
                 let poll = conn.poll();
                 tokio::pin!(poll);
                 loop {
+                    let retired = self.retiring
+                        && self.session.is_connected()
+                        && self.session.unsubscribed()
+                        && self.session.held() == 0;
                     tokio::select! {
                         biased;
-                        Some(done) = self.done_rx.recv() => self.finished(done),
-                        Some(cmd) = self.commands.recv() => self.command(cmd),
+                        Some(done) = self.done_rx.recv() => {
+                            self.finished(done);
+                            self.flush_controls(&client);
+                        }
+                        Some(cmd) = self.commands.recv() => {
+                            self.command(cmd);
+                            self.flush_controls(&client);
+                        }
+                        () = stop_reading.cancelled(), if self.reading => self.stop(),
                         () = close.cancelled() => break None,
+                        () = &mut quiet, if retired => {
+                            info!(session = %self.name, "retired session is quiet: leaving it");
+                            break None;
+                        }
                         ev = &mut poll => break Some(ev),
                     }
                 }
             };
             let Some(event) = event else {
-                self.close(conn).await;
+                self.close(&client, &mut conn).await;
                 return;
             };
             match event {
-                Ok(Event::Connected { session_present }) => self.connected(session_present),
+                Ok(Event::Connected {
+                    session_present, ..
+                }) => {
+                    self.reconnect.reset();
+                    self.session.connected(session_present);
+                    self.status.set_connected(true);
+                    self.status.set_ready(self.session.is_ready());
+                    info!(session = %self.name, client_id = %self.client_id, session_present, "connected to the broker");
+                }
                 Ok(Event::Publish(received)) => {
-                    if stop_reading.is_cancelled() {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
+                    if !self.reading {
                         debug!(topic = %received.msg.topic, "stopping: left for the next session");
                         continue;
                     }
-                    if !self.receive(received, &close).await {
-                        self.close(conn).await;
+                    if let Taken::Closing =
+                        self.take(received, &client, &stop_reading, &close).await
+                    {
+                        self.close(&client, &mut conn).await;
                         return;
                     }
                 }
                 Ok(Event::SubAck { results }) => {
                     for r in results {
                         if let Err(reason) = r {
-                            error!(%reason, "the broker refused a subscription");
+                            error!(session = %self.name, %reason, "the broker refused a subscription");
                             self.metrics.subscription_refused();
                         }
                     }
-                    // Under MQTT 5 each filter has its own SUBACK; the last one
-                    // answers the last SUBSCRIBE, which the broker handles in order.
-                    self.subacks_due = self.subacks_due.saturating_sub(1);
-                    if self.awaiting_suback && self.subacks_due == 0 {
-                        self.awaiting_suback = false;
-                        self.must_subscribe = false;
-                        self.metrics.set_ready();
-                    }
+                    self.session.suback();
+                    self.status.set_ready(self.session.is_ready());
+                    self.write_record();
                 }
+                Ok(Event::UnsubAck) => {
+                    self.session.unsuback();
+                    self.write_record();
+                    quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
+                }
+                Ok(Event::AckSent) => self.metrics.acked(),
                 Ok(_) => {}
                 Err(e) => {
-                    if self.connected {
-                        self.connected = false;
-                        let lost = self.tracker.len();
-                        self.tracker.new_epoch();
-                        self.remember_for_redelivery();
-                        self.metrics.set_connected(false);
-                        warn!(error = %e, unacknowledged = lost, "lost the broker; reconnecting (unacknowledged messages will be redelivered)");
+                    if self.session.is_connected() {
+                        let lost = self.session.lost();
+                        self.status.set_connected(false);
+                        warn!(session = %self.name, error = %e, unacknowledged = lost, "lost the broker; reconnecting (unacknowledged messages will be redelivered)");
                     } else {
-                        warn!(error = %e, "cannot reach the broker");
+                        warn!(session = %self.name, error = %e, "cannot reach the broker");
                     }
                     let delay = self.reconnect.next_delay();
-                    if !self.wait(delay, &close).await {
-                        self.close(conn).await;
+                    if !self.wait(delay, &stop_reading, &close).await {
+                        self.close(&client, &mut conn).await;
                         return;
                     }
                 }
@@ -256,38 +325,20 @@ impl State {
         }
     }
 
-    fn connected(&mut self, session_present: bool) {
-        self.connected = true;
-        self.reconnect.reset();
-        self.metrics.set_connected(true);
-        info!(
-            session_present,
-            subscriptions = self.subs.len(),
-            "connected to the broker"
-        );
-        if !session_present {
-            // No session: the broker redelivers nothing and its packet ids start
-            // afresh, so no earlier delivery can be recognised any more.
-            self.earlier.clear();
-        }
-        // With a resumed session the broker still has our subscriptions; without
-        // one (clean session, or a broker that lost it) rumqttc does not
-        // resubscribe by itself. The first connection of a process always
-        // subscribes: the session may hold an older config's filters.
-        if (session_present && !self.must_subscribe) || self.subs.is_empty() {
-            self.metrics.set_ready();
-        } else {
-            self.awaiting_suback = true;
-            match self.client.try_subscribe(&self.subs) {
-                Ok(n) => self.subacks_due = n,
-                Err(e) => error!(error = %e, "cannot subscribe"),
-            }
-        }
+    /// `stop_reading` fired: nothing more goes to the router.
+    fn stop(&mut self) {
+        self.reading = false;
+        let _ = self.reading_stopped.send(true);
     }
 
-    /// Holds `received` against the pending limit and dispatches it. Returns
-    /// false if `close` fired while waiting for room.
-    async fn receive(&mut self, received: Received, close: &CancellationToken) -> bool {
+    /// Holds `received` against the pending limit and dispatches it.
+    async fn take(
+        &mut self,
+        received: Received,
+        client: &Client,
+        stop_reading: &CancellationToken,
+        close: &CancellationToken,
+    ) -> Taken {
         let Received {
             msg,
             pkid,
@@ -295,18 +346,10 @@ impl State {
             subscription_ids,
         } = received;
         self.metrics.received();
-        if dup
-            && msg.qos != QoS::AtMostOnce
-            && self.settle_redelivery(pkid, &msg) == Redelivery::AlreadyDone
-        {
-            // Processed completely before the reconnect: only the ack was lost.
+        if self.session.already_done(pkid, dup, &msg) {
             self.metrics.redelivery_already_done();
-            let token = self.tracker.register(msg.qos, pkid);
-            self.finished(Finished {
-                token: Some(token),
-                ack: true,
-            });
-            return true;
+            self.flush_controls(client);
+            return Taken::Handled;
         }
         let permit = loop {
             if let Ok(p) = Arc::clone(&self.pending).try_acquire_owned() {
@@ -315,117 +358,124 @@ impl State {
             self.metrics.backpressure();
             tokio::select! {
                 biased;
-                Some(done) = self.done_rx.recv() => self.finished(done),
-                Some(cmd) = self.commands.recv() => self.command(cmd),
-                () = close.cancelled() => return false,
+                Some(done) = self.done_rx.recv() => {
+                    self.finished(done);
+                    self.flush_controls(client);
+                }
+                Some(cmd) = self.commands.recv() => {
+                    self.command(cmd);
+                    self.flush_controls(client);
+                }
+                () = stop_reading.cancelled(), if self.reading => {
+                    // Not admitted: the broker redelivers it next session.
+                    self.stop();
+                    debug!(topic = %msg.topic, "stopping: left for the next session");
+                    return Taken::Handled;
+                }
+                () = close.cancelled() => return Taken::Closing,
                 p = Arc::clone(&self.pending).acquire_owned() => match p {
                     Ok(p) => break p,
-                    Err(_) => return false,
+                    Err(_) => return Taken::Closing,
                 },
             }
         };
-        let token = (msg.qos != QoS::AtMostOnce).then(|| self.tracker.register(msg.qos, pkid));
-        let held = token.map(|_| (msg.topic.clone(), msg.payload.clone()));
-        let done_tx = self.done_tx.clone();
-        let mut permit = Some(permit);
-        let mut superseder = None;
-        self.dispatch
-            .dispatch(msg, &subscription_ids, &mut |routes| {
-                let completion = Completion::new(routes, token, done_tx.clone(), permit.take());
-                superseder = Some(completion.superseder());
-                completion
-            });
-        if let (Some((topic, payload)), Some(superseder)) = (held, superseder) {
-            if superseder.is_held() {
-                let held = Held {
-                    topic,
-                    payload,
-                    superseder,
-                };
-                self.held.insert(pkid, held);
-            }
+        let token = self.session.admit(pkid, &msg);
+        let completion = Completion::new(token, self.done_tx.clone(), Some(permit));
+        if token.is_some() {
+            self.session.hold(pkid, &msg, completion.superseder());
         }
-        true
-    }
-
-    /// After a lost connection: what the routes still hold may come back as
-    /// redeliveries; keep enough to recognise them (not the payloads).
-    fn remember_for_redelivery(&mut self) {
-        for (pkid, h) in self.held.drain() {
-            let earlier = Earlier {
-                payload_len: h.payload.len(),
-                payload_hash: payload_hash(&h.payload),
-                topic: h.topic,
-                superseder: h.superseder,
-            };
-            self.earlier.insert(pkid, earlier);
-        }
-        self.earlier.retain(|_, e| e.superseder.is_settleable());
-        if self.earlier.len() > self.earlier_limit {
-            self.earlier.retain(|_, e| e.superseder.is_held());
-        }
-    }
-
-    /// A redelivery of `pkid`: settles it against an earlier connection's copy
-    /// of the same message, if there is one.
-    fn settle_redelivery(&mut self, pkid: u16, msg: &message::Inbound) -> Redelivery {
-        let Some(earlier) = self.earlier.remove(&pkid) else {
-            return Redelivery::Process;
+        let session = &self.session;
+        let subscribed_before = |filter: &str| session.subscribed_before(filter);
+        let delivery = Delivery {
+            session: &self.name,
+            subscription_ids: &subscription_ids,
+            subscribed_before: &subscribed_before,
         };
-        if earlier.topic != msg.topic
-            || earlier.payload_len != msg.payload.len()
-            || earlier.payload_hash != payload_hash(&msg.payload)
-        {
-            return Redelivery::Process;
+        if self.dispatch.dispatch(msg, &delivery, &completion) == Err(Closed) {
+            // Only while stopping, after `reading_stopped`; kept as a guard.
+            completion.refuse();
         }
-        let outcome = earlier.superseder.settle();
-        debug!(pkid, topic = %msg.topic, ?outcome, "redelivery of a message held before the reconnect");
-        outcome
+        Taken::Handled
     }
 
     fn finished(&mut self, done: Finished) {
-        let Some(token) = done.token else { return };
-        if token.epoch == self.tracker.epoch() {
-            self.held.remove(&token.pkid);
-        }
-        for (qos, pkid) in self.tracker.finish(token, done.ack) {
-            match self.client.try_ack(qos, pkid) {
-                Ok(()) => self.metrics.acked(),
-                Err(e) => error!(error = %e, pkid, "cannot queue an acknowledgement"),
-            }
-        }
+        self.session.finished(done);
     }
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Subscribe(new) => {
-                info!(filters = ?new.iter().map(|s| &s.filter).collect::<Vec<_>>(), "subscribing");
-                match self.client.try_subscribe(&new) {
-                    Ok(n) => self.subacks_due += n,
-                    Err(e) => error!(error = %e, "cannot subscribe"),
-                }
-                let mut by_filter: HashMap<String, Subscription> =
-                    self.subs.drain(..).map(|s| (s.filter.clone(), s)).collect();
-                for s in new {
-                    by_filter.insert(s.filter.clone(), s);
-                }
-                self.subs = by_filter.into_values().collect();
-                self.subs.sort_by_key(|s| s.id);
+            Command::Subscribe(subs) => {
+                info!(session = %self.name, filters = ?subs.iter().map(|s| &s.filter).collect::<Vec<_>>(), "subscribing");
+                self.session.subscribe(subs);
+                self.status.set_ready(self.session.is_ready());
             }
             Command::Unsubscribe(filters) => {
-                info!(?filters, "unsubscribing");
-                for f in &filters {
-                    if let Err(e) = self.client.try_unsubscribe(f) {
-                        error!(error = %e, filter = %f, "cannot unsubscribe");
-                    }
-                }
-                self.subs.retain(|s| !filters.contains(&s.filter));
+                info!(session = %self.name, ?filters, "unsubscribing");
+                self.session.unsubscribe(filters);
             }
+            Command::Retire => {
+                info!(session = %self.name, "no route uses this session any more: retiring it");
+                self.retiring = true;
+                self.status.set_serving(false);
+                let all: Vec<String> = self.session.recorded_filters().into_iter().collect();
+                self.session.unsubscribe(all);
+            }
+        }
+        // Record a new filter before its SUBSCRIBE leaves.
+        self.write_record();
+    }
+
+    /// Hands waiting control packets to the client while it has room.
+    fn flush_controls(&mut self, client: &Client) {
+        if !self.session.is_connected() {
+            return;
+        }
+        while let Some(control) = self.session.next_control() {
+            let taken = match control {
+                Control::Ack { qos, pkid } => client.try_ack(*qos, *pkid).is_ok(),
+                Control::Subscribe(subs) => match client.try_subscribe(subs) {
+                    Ok(packets) => {
+                        self.session.subscribe_sent(packets);
+                        true
+                    }
+                    Err((sent, _)) => {
+                        self.session.subscribe_partly_sent(sent);
+                        false
+                    }
+                },
+                Control::Unsubscribe(filter) => {
+                    let ok = client.try_unsubscribe(filter).is_ok();
+                    if ok {
+                        self.session.unsubscribe_sent();
+                    }
+                    ok
+                }
+            };
+            if !taken {
+                self.metrics.control_waited();
+                break;
+            }
+            self.session.control_taken();
+        }
+        self.status.set_ready(self.session.is_ready());
+    }
+
+    /// Writes the session's filters to the record when they changed.
+    fn write_record(&mut self) {
+        let now = self.session.recorded_filters();
+        if now != self.recorded {
+            self.record.record(&self.client_id, now.clone());
+            self.recorded = now;
         }
     }
 
     /// Sleeps before reconnecting while still taking in finished deliveries.
-    async fn wait(&mut self, delay: Duration, close: &CancellationToken) -> bool {
+    async fn wait(
+        &mut self,
+        delay: Duration,
+        stop_reading: &CancellationToken,
+        close: &CancellationToken,
+    ) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -433,6 +483,7 @@ impl State {
                 biased;
                 Some(done) = self.done_rx.recv() => self.finished(done),
                 Some(cmd) = self.commands.recv() => self.command(cmd),
+                () = stop_reading.cancelled(), if self.reading => self.stop(),
                 () = close.cancelled() => return false,
                 () = &mut sleep => return true,
             }
@@ -440,21 +491,45 @@ impl State {
     }
 
     /// Sends the acks that are due and a DISCONNECT, keeping the session.
-    async fn close(&mut self, conn: &mut Connection) {
+    async fn close(&mut self, client: &Client, conn: &mut Connection) {
+        self.stop();
         while let Ok(done) = self.done_rx.try_recv() {
             self.finished(done);
         }
-        if !self.connected {
+        self.flush_controls(client);
+        if self.retiring && self.session.unsubscribed() {
+            self.record.record(&self.client_id, BTreeSet::new());
+        }
+        self.status.set_connected(false);
+        if !self.session.is_connected() {
             return;
         }
-        if let Err(e) = self.client.try_disconnect() {
-            warn!(error = %e, "cannot disconnect cleanly");
-            return;
-        }
-        // Let the event loop write the queued acks and the DISCONNECT.
-        let flush = async { while conn.poll().await.is_ok() {} };
-        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-        self.metrics.set_connected(false);
-        info!("disconnected from the broker; the session stays with it");
+        // Let the event loop write the queued acks (and what still waits in the
+        // outbox) and the DISCONNECT.
+        let flushed = async {
+            loop {
+                self.flush_controls(client);
+                if self.session.outbox_len() == 0 {
+                    break;
+                }
+                match conn.poll().await {
+                    Ok(Event::AckSent) => self.metrics.acked(),
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            if client.try_disconnect().is_err() {
+                return;
+            }
+            loop {
+                match conn.poll().await {
+                    Ok(Event::AckSent) => self.metrics.acked(),
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
+        info!(session = %self.name, "disconnected from the broker; the session stays with it");
     }
 }

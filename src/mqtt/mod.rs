@@ -1,46 +1,47 @@
 //! The MQTT side of the bridge, over rumqttc, for MQTT 3.1.1 and 5 alike.
 //!
-//! The bridge holds two connections to the broker:
-//! - [`inbound`]: the subscriber. Stable client id, persistent session, manual
+//! The bridge holds several connections to the broker:
+//! - [`inbound`]: one subscriber per *session* (a group of routes; by default
+//!   every route has its own, so one slow route cannot hold back another's
+//!   acknowledgements). Stable client id, persistent session, manual
 //!   acknowledgements released in arrival order (MQTT-4.6.0-2), resubscription
-//!   when the broker has lost the session, and backpressure.
+//!   when the broker has lost the session, and backpressure. The protocol state
+//!   of a session lives in [`session`], apart from the network loop.
 //! - [`outbound`]: the publisher (client id `<client_id>-pub`, clean session) for
 //!   results and dead letters. Each publish resolves only when the broker has
 //!   accepted it (PUBACK/PUBCOMP), which is what lets the inbound side acknowledge
-//!   the source message.
+//!   the source message. It checks every packet against the size the broker
+//!   accepts before handing it over.
 //!
-//! This module hides the two rumqttc APIs (v4 and v5) behind [`Client`],
-//! [`Connection`] and [`Event`], so the rest of the bridge is version-free.
+//! This module hides the two rumqttc APIs (v4 and v5) behind [`Endpoint`],
+//! [`Client`], [`Connection`] and [`Event`], so the rest of the bridge is
+//! version-free. An [`Endpoint`] is prepared once (TLS files read, URL parsed)
+//! and can open any number of connections without failing.
 
 pub mod inbound;
 pub mod outbound;
+pub mod session;
+pub mod state_file;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use rumqttc::v5;
 use rumqttc::{TlsConfiguration, Transport};
 
 use crate::config::{Config, Protocol};
-use crate::message::{Inbound, QoS};
+use crate::message::{Message, QoS};
 
-/// MQTT's largest packet: what the 3.1.1 reader accepts, so an oversized message
-/// can be dead-lettered instead of breaking the connection on every redelivery.
-const MQTT_MAX_PACKET: usize = 268_435_455;
-
-/// Which of the two connections is being built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Subscriber,
-    Publisher,
-}
+/// MQTT's largest packet: what the bridge accepts when reading, so an oversized
+/// message can be dead-lettered instead of breaking the connection on every
+/// redelivery.
+pub const MQTT_MAX_PACKET: usize = 268_435_455;
 
 /// A message received from the broker, with what is needed to acknowledge it.
 #[derive(Debug)]
 pub struct Received {
-    pub msg: Inbound,
+    pub msg: Message,
     pub pkid: u16,
     /// The broker's DUP flag: a redelivery of a message it sent before.
     pub dup: bool,
@@ -53,6 +54,9 @@ pub struct Received {
 pub enum Event {
     Connected {
         session_present: bool,
+        /// MQTT 5: the largest packet the broker accepts (CONNACK Maximum
+        /// Packet Size), if it announced one.
+        max_packet_size: Option<u32>,
     },
     Publish(Received),
     /// The broker accepted (or, under MQTT 5, refused) one of our QoS 1 publishes.
@@ -73,38 +77,50 @@ pub enum Event {
     SubAck {
         results: Vec<Result<(), String>>,
     },
+    /// The broker confirmed an UNSUBSCRIBE.
+    UnsubAck,
+    /// An acknowledgement of a received message left the client.
+    AckSent,
     Other,
 }
 
-fn to_v4(q: QoS) -> rumqttc::QoS {
-    match q {
-        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+impl From<QoS> for rumqttc::QoS {
+    fn from(q: QoS) -> Self {
+        match q {
+            QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        }
     }
 }
 
-fn from_v4(q: rumqttc::QoS) -> QoS {
-    match q {
-        rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
-        rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+impl From<rumqttc::QoS> for QoS {
+    fn from(q: rumqttc::QoS) -> Self {
+        match q {
+            rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
+            rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
+            rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+        }
     }
 }
 
-fn to_v5(q: QoS) -> v5::mqttbytes::QoS {
-    match q {
-        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+impl From<QoS> for v5::mqttbytes::QoS {
+    fn from(q: QoS) -> Self {
+        match q {
+            QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+        }
     }
 }
 
-fn from_v5(q: v5::mqttbytes::QoS) -> QoS {
-    match q {
-        v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+impl From<v5::mqttbytes::QoS> for QoS {
+    fn from(q: v5::mqttbytes::QoS) -> Self {
+        match q {
+            v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+            v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+            v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+        }
     }
 }
 
@@ -126,6 +142,198 @@ fn endpoint(url: &str) -> Result<(String, u16, bool)> {
     ))
 }
 
+/// The size of a PUBLISH packet of `msg` as it goes on the wire (fixed header
+/// included), which is what a broker compares with its Maximum Packet Size.
+/// Only the properties the bridge sends under MQTT 5 are counted: content type
+/// and user properties.
+pub fn publish_packet_size(protocol: Protocol, msg: &Message) -> usize {
+    let mut remaining = 2 + msg.topic.len() + msg.payload.len();
+    if msg.qos != QoS::AtMostOnce {
+        remaining += 2; // packet id
+    }
+    if protocol == Protocol::V5 {
+        let mut props = 0;
+        if let Some(ct) = &msg.content_type {
+            props += 1 + 2 + ct.len();
+        }
+        for (k, v) in &msg.user_properties {
+            props += 1 + 2 + k.len() + 2 + v.len();
+        }
+        remaining += varint_len(props) + props;
+    }
+    1 + varint_len(remaining) + remaining
+}
+
+/// Bytes of MQTT's variable-length integer encoding of `n`.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The settings of one connection, checked once (URL parsed, TLS files read),
+/// from which connections are opened without failing.
+#[derive(Clone)]
+pub struct Endpoint {
+    options: Options,
+    client_id: String,
+}
+
+#[derive(Clone)]
+enum Options {
+    V4 {
+        options: Box<rumqttc::MqttOptions>,
+        connect_timeout_secs: u64,
+    },
+    V5(Box<v5::MqttOptions>),
+}
+
+impl Endpoint {
+    /// A subscriber of one session: client id `client_id`, the config's
+    /// persistence, manual acknowledgements; under MQTT 5 the broker sends at
+    /// most `receive_maximum` unacknowledged messages.
+    pub fn subscriber(cfg: &Config, client_id: &str, receive_maximum: usize) -> Result<Endpoint> {
+        let receive_maximum = u16::try_from(receive_maximum.max(1)).unwrap_or(u16::MAX);
+        Self::build(
+            cfg,
+            client_id,
+            cfg.mqtt.persistent_session,
+            Some(receive_maximum),
+        )
+    }
+
+    /// The publisher: client id `<client_id>-pub`, clean session.
+    pub fn publisher(cfg: &Config) -> Result<Endpoint> {
+        Self::build(cfg, &format!("{}-pub", cfg.mqtt.client_id), false, None)
+    }
+
+    /// `manual_acks` is `receive_maximum.is_some()`: only subscribers acknowledge.
+    fn build(
+        cfg: &Config,
+        client_id: &str,
+        persistent: bool,
+        receive_maximum: Option<u16>,
+    ) -> Result<Endpoint> {
+        let (host, port, tls) = endpoint(&cfg.mqtt_url)?;
+        let m = &cfg.mqtt;
+        let transport = if tls {
+            Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
+                crate::tls::client_config(m.tls.as_ref(), &cfg.base_dir, "MQTT")?,
+            )))
+        } else {
+            Transport::tcp()
+        };
+        let connect_timeout_secs = m.connect_timeout.as_secs().max(1);
+        let manual_acks = receive_maximum.is_some();
+        let options = match m.protocol {
+            Protocol::V311 => {
+                let mut o = rumqttc::MqttOptions::new(client_id, host, port);
+                // Outgoing packets are checked against `mqtt.max_packet_size`
+                // before they reach rumqttc (outbound), so its own limit never
+                // refuses one after it was queued.
+                o.set_keep_alive(m.keep_alive)
+                    .set_clean_session(!persistent)
+                    .set_manual_acks(manual_acks)
+                    .set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET)
+                    .set_transport(transport);
+                if let Some(c) = &cfg.credentials {
+                    o.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
+                }
+                Options::V4 {
+                    options: Box::new(o),
+                    connect_timeout_secs,
+                }
+            }
+            Protocol::V5 => {
+                let mut o = v5::MqttOptions::new(client_id, host, port);
+                o.set_keep_alive(m.keep_alive)
+                    .set_clean_start(!persistent)
+                    .set_manual_acks(manual_acks)
+                    .set_connection_timeout(connect_timeout_secs)
+                    .set_transport(transport);
+                // Advertised to the broker and enforced by rumqttc when reading. A
+                // broker discards (without a trace) a message larger than what the
+                // client advertises (MQTT-3.1.2-25), so advertising
+                // `mqtt.max_packet_size` would lose oversize messages instead of
+                // dead-lettering them. As under 3.1.1, accept MQTT's largest packet;
+                // the pipeline dead-letters what exceeds `max_packet_size`.
+                o.set_max_packet_size(Some(u32::try_from(MQTT_MAX_PACKET).unwrap_or(u32::MAX)));
+                if persistent {
+                    let secs = u32::try_from(m.session_expiry.as_secs()).unwrap_or(u32::MAX);
+                    o.set_session_expiry_interval(Some(secs));
+                }
+                // Flow control: the broker sends at most this many unacknowledged
+                // messages (MQTT-3.3.4-9).
+                o.set_receive_maximum(receive_maximum);
+                if let Some(c) = &cfg.credentials {
+                    o.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
+                }
+                Options::V5(Box::new(o))
+            }
+        };
+        Ok(Endpoint {
+            options,
+            client_id: client_id.to_string(),
+        })
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The same settings under another client id (another session).
+    pub fn with_client_id(&self, client_id: &str) -> Endpoint {
+        let mut options = self.options.clone();
+        match &mut options {
+            Options::V4 { options, .. } => {
+                options.set_client_id(client_id.to_string());
+            }
+            Options::V5(options) => {
+                options.set_client_id(client_id.to_string());
+            }
+        }
+        Endpoint {
+            options,
+            client_id: client_id.to_string(),
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match self.options {
+            Options::V4 { .. } => Protocol::V311,
+            Options::V5(_) => Protocol::V5,
+        }
+    }
+
+    /// A new client and event loop; nothing connects until the loop is polled.
+    /// `capacity` sizes the request channel.
+    pub fn open(&self, capacity: usize) -> (Client, Connection) {
+        match &self.options {
+            Options::V4 {
+                options,
+                connect_timeout_secs,
+            } => {
+                let mut options = options.as_ref().clone();
+                options.set_request_channel_capacity(capacity);
+                let (client, mut eventloop) = rumqttc::AsyncClient::new(options, capacity);
+                let mut net = eventloop.network_options();
+                net.set_connection_timeout(*connect_timeout_secs);
+                eventloop.set_network_options(net);
+                (Client::V4(client), Connection::V4(Box::new(eventloop)))
+            }
+            Options::V5(options) => {
+                let mut options = options.as_ref().clone();
+                options.set_request_channel_capacity(capacity);
+                let (client, eventloop) = v5::AsyncClient::new(options, capacity);
+                (Client::V5(client), Connection::V5(Box::new(eventloop)))
+            }
+        }
+    }
+}
+
 /// The sending half of a connection (requests to the event loop).
 #[derive(Clone)]
 pub enum Client {
@@ -139,76 +347,8 @@ pub enum Connection {
     V5(Box<v5::EventLoop>),
 }
 
-/// Builds a connection of the given role; nothing connects until it is polled.
-/// `capacity` sizes the request channel, which the owner keeps from filling.
-pub fn connect(cfg: &Config, role: Role, capacity: usize) -> Result<(Client, Connection)> {
-    let (host, port, tls) = endpoint(&cfg.mqtt_url)?;
-    let m = &cfg.mqtt;
-    let (client_id, persistent) = match role {
-        Role::Subscriber => (m.client_id.clone(), m.persistent_session),
-        Role::Publisher => (format!("{}-pub", m.client_id), false),
-    };
-    let transport = if tls {
-        Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
-            crate::tls::client_config(m.tls.as_ref(), &cfg.base_dir, "MQTT")?,
-        )))
-    } else {
-        Transport::tcp()
-    };
-    let timeout_secs = m.connect_timeout.as_secs().max(1);
-    let max_packet = m.max_packet_size.as_usize();
-    match m.protocol {
-        Protocol::V311 => {
-            let mut o = rumqttc::MqttOptions::new(client_id, host, port);
-            o.set_keep_alive(m.keep_alive)
-                .set_clean_session(!persistent)
-                .set_manual_acks(role == Role::Subscriber)
-                .set_max_packet_size(MQTT_MAX_PACKET, max_packet.max(64 * 1024) + 64 * 1024)
-                .set_request_channel_capacity(capacity)
-                .set_transport(transport);
-            if let Some(c) = &cfg.credentials {
-                o.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
-            }
-            let (client, mut eventloop) = rumqttc::AsyncClient::new(o, capacity);
-            let mut net = eventloop.network_options();
-            net.set_connection_timeout(timeout_secs);
-            eventloop.set_network_options(net);
-            Ok((Client::V4(client), Connection::V4(Box::new(eventloop))))
-        }
-        Protocol::V5 => {
-            let mut o = v5::MqttOptions::new(client_id, host, port);
-            o.set_keep_alive(m.keep_alive)
-                .set_clean_start(!persistent)
-                .set_manual_acks(role == Role::Subscriber)
-                .set_request_channel_capacity(capacity)
-                .set_connection_timeout(timeout_secs)
-                .set_transport(transport);
-            // Advertised to the broker and enforced by rumqttc when reading. A
-            // broker discards (without a trace) a message larger than what the
-            // client advertises (MQTT-3.1.2-25), so advertising
-            // `mqtt.max_packet_size` would lose oversize messages instead of
-            // dead-lettering them. As under 3.1.1, accept MQTT's largest packet;
-            // the pipeline dead-letters what exceeds `max_packet_size`.
-            o.set_max_packet_size(Some(u32::try_from(MQTT_MAX_PACKET).unwrap_or(u32::MAX)));
-            if persistent {
-                let secs = u32::try_from(m.session_expiry.as_secs()).unwrap_or(u32::MAX);
-                o.set_session_expiry_interval(Some(secs));
-            }
-            if role == Role::Subscriber {
-                // Flow control: the broker sends at most this many unacknowledged messages.
-                o.set_receive_maximum(Some(u16::try_from(m.max_pending).unwrap_or(u16::MAX)));
-            }
-            if let Some(c) = &cfg.credentials {
-                o.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
-            }
-            let (client, eventloop) = v5::AsyncClient::new(o, capacity);
-            Ok((Client::V5(client), Connection::V5(Box::new(eventloop))))
-        }
-    }
-}
-
 /// A subscription as sent to the broker.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Subscription {
     pub filter: String,
     pub qos: QoS,
@@ -216,26 +356,34 @@ pub struct Subscription {
     pub id: usize,
 }
 
+/// The request channel had no room (or the event loop is gone); the request
+/// was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the MQTT request channel has no room")]
+pub struct NoRoom;
+
 impl Client {
     /// Queues the acknowledgement of a received QoS 1/2 message.
-    pub fn try_ack(&self, qos: QoS, pkid: u16) -> Result<()> {
+    pub fn try_ack(&self, qos: QoS, pkid: u16) -> Result<(), NoRoom> {
         match self {
             Client::V4(c) => {
-                let mut p = rumqttc::Publish::new("", to_v4(qos), Vec::new());
+                let mut p = rumqttc::Publish::new("", qos.into(), Vec::new());
                 p.pkid = pkid;
-                c.try_ack(&p).context("MQTT request channel full")
+                c.try_ack(&p).map_err(|_| NoRoom)
             }
             Client::V5(c) => {
-                let mut p = v5::mqttbytes::v5::Publish::new("", to_v5(qos), Vec::new(), None);
+                let mut p = v5::mqttbytes::v5::Publish::new("", qos.into(), Vec::new(), None);
                 p.pkid = pkid;
-                c.try_ack(&p).context("MQTT request channel full")
+                c.try_ack(&p).map_err(|_| NoRoom)
             }
         }
     }
 
-    /// Queues SUBSCRIBE packets and returns how many. Under MQTT 5 each filter
-    /// gets its own packet, because a subscription identifier applies to a whole
-    /// packet.
+    /// Queues the SUBSCRIBE packets of `subs`. Under MQTT 5 each filter gets its
+    /// own packet (a subscription identifier applies to a whole packet), so
+    /// this returns how many SUBACKs to expect. All or nothing: on `NoRoom`
+    /// under MQTT 5 the filters queued before the failure are returned too, so
+    /// the caller can retry only the rest.
     ///
     /// Subscriptions are made at QoS 1 at most: the bridge's guarantee is at
     /// least once, and rumqttc cannot resume an inbound QoS 2 handshake. It
@@ -243,7 +391,7 @@ impl Client {
     /// treats the PUBREL the broker resends on the resumed session as
     /// unsolicited and drops the connection, forever. A message published at
     /// QoS 2 reaches the bridge at QoS 1.
-    pub fn try_subscribe(&self, subs: &[Subscription]) -> Result<usize> {
+    pub fn try_subscribe(&self, subs: &[Subscription]) -> Result<usize, (usize, NoRoom)> {
         if subs.is_empty() {
             return Ok(0);
         }
@@ -252,88 +400,98 @@ impl Client {
             Client::V4(c) => c
                 .try_subscribe_many(
                     subs.iter()
-                        .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), to_v4(qos(s)))),
+                        .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), qos(s).into())),
                 )
                 .map(|()| 1)
-                .context("cannot queue SUBSCRIBE"),
+                .map_err(|_| (0, NoRoom)),
             Client::V5(c) => {
-                for s in subs {
+                for (i, s) in subs.iter().enumerate() {
                     let props = v5::mqttbytes::v5::SubscribeProperties {
                         id: Some(s.id),
                         user_properties: Vec::new(),
                     };
-                    c.try_subscribe_with_properties(s.filter.clone(), to_v5(qos(s)), props)
-                        .context("cannot queue SUBSCRIBE")?;
+                    c.try_subscribe_with_properties(s.filter.clone(), qos(s).into(), props)
+                        .map_err(|_| (i, NoRoom))?;
                 }
                 Ok(subs.len())
             }
         }
     }
 
-    /// Queues an UNSUBSCRIBE.
-    pub fn try_unsubscribe(&self, filter: &str) -> Result<()> {
+    /// Queues an UNSUBSCRIBE of one filter.
+    pub fn try_unsubscribe(&self, filter: &str) -> Result<(), NoRoom> {
         match self {
-            Client::V4(c) => c
-                .try_unsubscribe(filter)
-                .context("cannot queue UNSUBSCRIBE"),
-            Client::V5(c) => c
-                .try_unsubscribe(filter)
-                .context("cannot queue UNSUBSCRIBE"),
+            Client::V4(c) => c.try_unsubscribe(filter).map_err(|_| NoRoom),
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|_| NoRoom),
         }
     }
 
     /// Queues a PUBLISH. User properties and content type exist only under MQTT 5.
-    pub fn try_publish(&self, p: &Publish) -> Result<()> {
+    pub fn try_publish(&self, m: &Message) -> Result<(), NoRoom> {
         match self {
             Client::V4(c) => c
-                .try_publish(p.topic.clone(), to_v4(p.qos), p.retain, p.payload.to_vec())
-                .context("cannot queue PUBLISH"),
+                .try_publish(m.topic.clone(), m.qos.into(), m.retain, m.payload.clone())
+                .map_err(|_| NoRoom),
             Client::V5(c) => {
                 let props = v5::mqttbytes::v5::PublishProperties {
-                    user_properties: p.user_properties.clone(),
-                    content_type: p.content_type.clone(),
+                    user_properties: m.user_properties.clone(),
+                    content_type: m.content_type.clone(),
                     ..Default::default()
                 };
                 c.try_publish_with_properties(
-                    p.topic.clone(),
-                    to_v5(p.qos),
-                    p.retain,
-                    p.payload.clone(),
+                    m.topic.clone(),
+                    m.qos.into(),
+                    m.retain,
+                    m.payload.clone(),
                     props,
                 )
-                .context("cannot queue PUBLISH")
+                .map_err(|_| NoRoom)
             }
         }
     }
 
     /// Queues a DISCONNECT (the session stays with the broker).
-    pub fn try_disconnect(&self) -> Result<()> {
+    pub fn try_disconnect(&self) -> Result<(), NoRoom> {
         match self {
-            Client::V4(c) => c.try_disconnect().context("cannot queue DISCONNECT"),
-            Client::V5(c) => c.try_disconnect().context("cannot queue DISCONNECT"),
+            Client::V4(c) => c.try_disconnect().map_err(|_| NoRoom),
+            Client::V5(c) => c.try_disconnect().map_err(|_| NoRoom),
         }
     }
-}
-
-/// A message to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    pub user_properties: Vec<(String, String)>,
-    pub content_type: Option<String>,
 }
 
 impl Connection {
     /// Next event; reconnects when polled after an error. Not cancel-safe:
     /// owners keep one `poll` future alive until it completes.
+    ///
+    /// On an error, rumqttc keeps the events it had buffered from the broken
+    /// connection and would return them after the reconnect: publishes whose
+    /// packet ids belong to the old connection, or a `PublishSent` for a publish
+    /// that never left. They are dropped here, so every event after an error
+    /// belongs to the new connection (the broker redelivers what was not
+    /// acknowledged).
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
-            Connection::V4(el) => el.poll().await.map(event_v4).map_err(|e| e.to_string()),
-            Connection::V5(el) => el.poll().await.map(event_v5).map_err(|e| e.to_string()),
+            Connection::V4(el) => match el.poll().await {
+                Ok(ev) => Ok(event_v4(ev)),
+                Err(e) => {
+                    el.state.events.clear();
+                    Err(e.to_string())
+                }
+            },
+            Connection::V5(el) => match el.poll().await {
+                Ok(ev) => Ok(event_v5(ev)),
+                Err(e) => {
+                    el.state.events.clear();
+                    Err(e.to_string())
+                }
+            },
         }
+    }
+
+    /// Lets the event loop write what is queued (acknowledgements, a DISCONNECT)
+    /// for up to `timeout`, until the connection closes.
+    pub async fn flush(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, async { while self.poll().await.is_ok() {} }).await;
     }
 }
 
@@ -342,15 +500,16 @@ fn event_v4(ev: rumqttc::Event) -> Event {
     match ev {
         E::Incoming(Packet::ConnAck(c)) => Event::Connected {
             session_present: c.session_present,
+            max_packet_size: None,
         },
         E::Incoming(Packet::Publish(p)) => Event::Publish(Received {
             pkid: p.pkid,
             dup: p.dup,
             subscription_ids: Vec::new(),
-            msg: Inbound {
+            msg: Message {
                 topic: p.topic,
                 payload: p.payload,
-                qos: from_v4(p.qos),
+                qos: p.qos.into(),
                 retain: p.retain,
                 user_properties: Vec::new(),
                 content_type: None,
@@ -376,7 +535,9 @@ fn event_v4(ev: rumqttc::Event) -> Event {
                 })
                 .collect(),
         },
+        E::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck,
         E::Outgoing(Outgoing::Publish(pkid)) => Event::PublishSent { pkid },
+        E::Outgoing(Outgoing::PubAck(_)) => Event::AckSent,
         _ => Event::Other,
     }
 }
@@ -387,6 +548,7 @@ fn event_v5(ev: v5::Event) -> Event {
     match ev {
         v5::Event::Incoming(Packet::ConnAck(c)) => Event::Connected {
             session_present: c.session_present,
+            max_packet_size: c.properties.and_then(|p| p.max_packet_size),
         },
         v5::Event::Incoming(Packet::Publish(p)) => {
             let (user_properties, content_type, subscription_ids) = match p.properties {
@@ -401,12 +563,12 @@ fn event_v5(ev: v5::Event) -> Event {
                 pkid: p.pkid,
                 dup: p.dup,
                 subscription_ids,
-                msg: Inbound {
+                msg: Message {
                     // MQTT 5 topics are UTF-8 by the spec; a broker that breaks it
                     // still gets its message processed, under a lossy topic.
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload,
-                    qos: from_v5(p.qos),
+                    qos: p.qos.into(),
                     retain: p.retain,
                     user_properties,
                     content_type,
@@ -441,7 +603,9 @@ fn event_v5(ev: v5::Event) -> Event {
                 })
                 .collect(),
         },
+        v5::Event::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck,
         v5::Event::Outgoing(Outgoing::Publish(pkid)) => Event::PublishSent { pkid },
+        v5::Event::Outgoing(Outgoing::PubAck(_)) => Event::AckSent,
         _ => Event::Other,
     }
 }
@@ -473,6 +637,7 @@ impl Reconnect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{Bytes, BytesMut};
 
     #[test]
     fn endpoints_parse_scheme_host_and_port() {
@@ -489,5 +654,48 @@ mod tests {
             ("::1".into(), 1883, false)
         );
         assert!(endpoint("ws://x:1").is_err());
+    }
+
+    /// The packet size the bridge computes is what rumqttc's encoder writes,
+    /// for both versions, at the boundaries of the length encoding.
+    #[test]
+    fn publish_packet_sizes_match_the_encoder() {
+        for payload_len in [0usize, 1, 100, 122, 123, 16_000, 16_380, 70_000, 2_097_140] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+                let mut m = Message::new("a/b/c", Bytes::from(vec![7u8; payload_len]), qos);
+                let mut v4 = rumqttc::Publish::new(&m.topic, qos.into(), m.payload.to_vec());
+                v4.pkid = u16::from(qos != QoS::AtMostOnce);
+                let mut buf = BytesMut::new();
+                let written = v4.write(&mut buf).unwrap();
+                assert_eq!(written, buf.len());
+                assert_eq!(publish_packet_size(Protocol::V311, &m), buf.len());
+
+                for props in [false, true] {
+                    if props {
+                        m.content_type = Some("application/json".into());
+                        m.user_properties = vec![("k".into(), "v".repeat(300))];
+                    }
+                    let p = v5::mqttbytes::v5::PublishProperties {
+                        user_properties: m.user_properties.clone(),
+                        content_type: m.content_type.clone(),
+                        ..Default::default()
+                    };
+                    let mut v5p = v5::mqttbytes::v5::Publish::new(
+                        m.topic.as_str(),
+                        qos.into(),
+                        m.payload.clone(),
+                        Some(p),
+                    );
+                    v5p.pkid = u16::from(qos != QoS::AtMostOnce);
+                    let mut buf = BytesMut::new();
+                    v5p.write(&mut buf).unwrap();
+                    assert_eq!(
+                        publish_packet_size(Protocol::V5, &m),
+                        buf.len(),
+                        "v5, payload {payload_len}, props {props}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -7,20 +7,34 @@
 //! waiting caller with its packet id, and the matching PUBACK (QoS 1) or PUBCOMP
 //! (QoS 2) resolves it. QoS 0 resolves when written.
 //!
-//! The connection uses a clean session: when it drops, rumqttc forgets the
-//! requests it held, so every caller still waiting is told `ConnectionLost` and
-//! publishes again (the source message is not acknowledged meanwhile). That can
-//! duplicate a result whose PUBACK was lost, never lose one.
+//! **Every connection is new.** The connection uses a clean session, and when it
+//! drops, the task throws the whole rumqttc client away and opens a new one:
+//! every caller still waiting is told `ConnectionLost` and publishes again (the
+//! source message is not acknowledged meanwhile), and nothing of the old
+//! connection (a request still in rumqttc's channel, a `PublishSent` event
+//! buffered before the failure, a packet id collision) can reach the new one,
+//! where it would pair a PUBACK with the wrong caller. That can duplicate a
+//! result whose PUBACK was lost, never lose one.
+//!
+//! **Sizes are checked first.** A packet larger than the broker accepts would
+//! be refused by rumqttc after it was queued (or make the broker drop the
+//! connection), and the retry would do the same forever. Every publish is
+//! measured before it is handed over: against `mqtt.max_packet_size` and,
+//! under MQTT 5, the Maximum Packet Size the broker announced in CONNACK.
+//! Requests are taken only while connected, so the broker's limit is known.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Client, Connection, Event, Publish, Reconnect};
-use crate::config::Backoff;
+use super::{publish_packet_size, Client, Connection, Endpoint, Event, Reconnect};
+use crate::config::{Backoff, Protocol};
+use crate::message::Message;
 
 /// Why a publish was not confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +45,9 @@ pub enum PublishError {
     /// The broker refused it (MQTT 5 reason code); publishing again will not help.
     #[error("the broker refused the publish: {0}")]
     Refused(String),
+    /// The packet is larger than the broker accepts; it was not sent.
+    #[error("a packet of {size} bytes exceeds the largest the broker accepts ({limit} bytes)")]
+    TooLarge { size: usize, limit: usize },
     /// The publisher is shutting down.
     #[error("the publisher has stopped")]
     Closed,
@@ -45,15 +62,46 @@ impl PublishError {
 
 type Reply = oneshot::Sender<Result<(), PublishError>>;
 
+/// The largest packet the broker accepts now.
+#[derive(Debug)]
+struct Limits {
+    protocol: Protocol,
+    /// `mqtt.max_packet_size`.
+    configured: usize,
+    /// The broker's Maximum Packet Size from the last CONNACK (MQTT 5); 0 when
+    /// it announced none.
+    announced: AtomicUsize,
+}
+
+impl Limits {
+    fn current(&self) -> usize {
+        match self.announced.load(Ordering::Acquire) {
+            0 => self.configured,
+            broker => broker.min(self.configured),
+        }
+    }
+
+    fn check(&self, msg: &Message) -> Result<(), PublishError> {
+        let size = publish_packet_size(self.protocol, msg);
+        let limit = self.current();
+        if size > limit {
+            return Err(PublishError::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+}
+
 /// Publishes and waits for the broker's confirmation. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<(Publish, Reply)>,
+    tx: mpsc::Sender<(Message, Reply)>,
+    limits: Arc<Limits>,
 }
 
 impl Publisher {
     /// Publishes `msg`; returns once the broker has accepted it.
-    pub async fn publish(&self, msg: Publish) -> Result<(), PublishError> {
+    pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
+        self.limits.check(&msg)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((msg, reply))
@@ -61,88 +109,138 @@ impl Publisher {
             .map_err(|_| PublishError::Closed)?;
         rx.await.unwrap_or(Err(PublishError::Closed))
     }
+
+    /// The largest packet the broker accepts now, in bytes.
+    pub fn max_packet_size(&self) -> usize {
+        self.limits.current()
+    }
+
+    /// The size `msg` has on the wire as a PUBLISH packet.
+    pub fn packet_size(&self, msg: &Message) -> usize {
+        publish_packet_size(self.limits.protocol, msg)
+    }
 }
 
-/// The publisher connection's task: the event loop and everything around it.
+/// The publisher connection's task: opens connections and serves them.
 pub struct PublisherTask {
-    conn: Connection,
-    state: State,
+    endpoint: Endpoint,
+    capacity: usize,
+    requests: mpsc::Receiver<(Message, Reply)>,
+    limits: Arc<Limits>,
+    reconnect: Reconnect,
 }
 
-/// What the task keeps besides the event loop.
-struct State {
-    client: Client,
-    requests: mpsc::Receiver<(Publish, Reply)>,
+/// Callers waiting on one connection.
+#[derive(Default)]
+struct Waiting {
     /// Queued to rumqttc, packet id not yet known; oldest first.
     queued: VecDeque<Reply>,
     /// Sent with a packet id, waiting for PUBACK/PUBCOMP.
     inflight: HashMap<u16, Reply>,
-    /// rumqttc's request channel capacity; `queued` never exceeds it.
-    capacity: usize,
-    reconnect: Reconnect,
-    connected: bool,
+}
+
+impl Waiting {
+    fn fail_all(&mut self, error: &PublishError) -> usize {
+        let n = self.queued.len() + self.inflight.len();
+        for reply in self
+            .queued
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, r)| r))
+        {
+            let _ = reply.send(Err(error.clone()));
+        }
+        n
+    }
+}
+
+/// How serving one connection ended.
+enum End {
+    Lost(String),
+    Closed,
 }
 
 impl PublisherTask {
+    /// `max_packet_size` is `mqtt.max_packet_size`; `capacity` bounds the
+    /// publishes queued to rumqttc at once.
     pub fn new(
-        client: Client,
-        conn: Connection,
+        endpoint: Endpoint,
+        max_packet_size: usize,
         capacity: usize,
         backoff: Backoff,
     ) -> (PublisherTask, Publisher) {
         let (tx, requests) = mpsc::channel(capacity);
-        let state = State {
-            client,
-            requests,
-            queued: VecDeque::new(),
-            inflight: HashMap::new(),
+        let limits = Arc::new(Limits {
+            protocol: endpoint.protocol(),
+            configured: max_packet_size,
+            announced: AtomicUsize::new(0),
+        });
+        let task = PublisherTask {
+            endpoint,
             capacity,
+            requests,
+            limits: Arc::clone(&limits),
             reconnect: Reconnect::new(backoff),
-            connected: false,
         };
-        (PublisherTask { conn, state }, Publisher { tx })
+        (task, Publisher { tx, limits })
     }
 
     /// Runs until `close`; callers still waiting then get `Closed`.
-    pub async fn run(self, close: CancellationToken) {
-        let PublisherTask {
-            mut conn,
-            mut state,
-        } = self;
-        state.run(&mut conn, close).await;
-    }
-}
-
-impl State {
-    /// Hands one publish to rumqttc; its reply waits for the broker's answer.
-    fn queue(&mut self, msg: &Publish, reply: Reply) {
-        match self.client.try_publish(msg) {
-            Ok(()) => self.queued.push_back(reply),
-            Err(e) => {
-                warn!(error = %e, topic = %msg.topic, "cannot queue a publish");
-                let _ = reply.send(Err(PublishError::Refused(e.to_string())));
+    pub async fn run(mut self, close: CancellationToken) {
+        loop {
+            let (client, mut conn) = self.endpoint.open(self.capacity);
+            let mut waiting = Waiting::default();
+            let end = self.serve(&client, &mut conn, &mut waiting, &close).await;
+            match end {
+                End::Closed => {
+                    waiting.fail_all(&PublishError::Closed);
+                    if client.try_disconnect().is_ok() {
+                        conn.flush(Duration::from_secs(1)).await;
+                    }
+                    return;
+                }
+                End::Lost(e) => {
+                    let lost = waiting.fail_all(&PublishError::ConnectionLost);
+                    if lost > 0 {
+                        warn!(error = %e, unconfirmed = lost, "publisher lost the broker; reconnecting");
+                    } else {
+                        warn!(error = %e, "publisher cannot reach the broker");
+                    }
+                    let delay = self.reconnect.next_delay();
+                    tokio::select! {
+                        () = close.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
         }
     }
 
-    async fn run(&mut self, conn: &mut Connection, close: CancellationToken) {
+    /// Serves one connection until it fails or `close` fires.
+    async fn serve(
+        &mut self,
+        client: &Client,
+        conn: &mut Connection,
+        waiting: &mut Waiting,
+        close: &CancellationToken,
+    ) -> End {
+        let mut connected = false;
         loop {
             let event = {
                 let poll = conn.poll();
                 tokio::pin!(poll);
                 loop {
-                    let room = self.queued.len() < self.capacity;
+                    let room = connected && waiting.queued.len() < self.capacity;
                     tokio::select! {
                         biased;
-                        () = close.cancelled() => break None,
-                        ev = &mut poll => break Some(ev),
+                        () = close.cancelled() => return End::Closed,
+                        ev = &mut poll => break ev,
                         Some((msg, reply)) = self.requests.recv(), if room => {
-                            self.queue(&msg, reply);
+                            self.queue(client, waiting, &msg, reply);
                             // Take what else is waiting in one go rather than one
                             // request per turn of this loop.
-                            while self.queued.len() < self.capacity {
+                            while waiting.queued.len() < self.capacity {
                                 match self.requests.try_recv() {
-                                    Ok((msg, reply)) => self.queue(&msg, reply),
+                                    Ok((msg, reply)) => self.queue(client, waiting, &msg, reply),
                                     Err(_) => break,
                                 }
                             }
@@ -150,24 +248,33 @@ impl State {
                     }
                 }
             };
-            let Some(event) = event else { break };
             match event {
-                Ok(Event::Connected { .. }) => {
-                    self.connected = true;
+                Ok(Event::Connected {
+                    max_packet_size, ..
+                }) => {
+                    let announced = max_packet_size
+                        .and_then(|n| usize::try_from(n).ok())
+                        .unwrap_or(0);
+                    self.limits.announced.store(announced, Ordering::Release);
+                    connected = true;
                     self.reconnect.reset();
-                    info!("publisher connected to the broker");
+                    info!(
+                        max_packet_size = self.limits.current(),
+                        "publisher connected to the broker"
+                    );
                 }
-                Ok(Event::PublishSent { pkid }) => match self.queued.pop_front() {
+                Ok(Event::PublishSent { pkid }) => match waiting.queued.pop_front() {
                     Some(reply) if pkid == 0 => {
                         let _ = reply.send(Ok(()));
                     }
                     Some(reply) => {
-                        self.inflight.insert(pkid, reply);
+                        waiting.inflight.insert(pkid, reply);
                     }
+                    // Cannot happen on a connection of its own; kept loud in case.
                     None => warn!(pkid, "a publish left that nobody waits for"),
                 },
                 Ok(Event::PubAck { pkid, refused } | Event::PubComp { pkid, refused }) => {
-                    if let Some(reply) = self.inflight.remove(&pkid) {
+                    if let Some(reply) = waiting.inflight.remove(&pkid) {
                         let _ = reply.send(match refused {
                             None => Ok(()),
                             Some(reason) => Err(PublishError::Refused(reason)),
@@ -175,43 +282,25 @@ impl State {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    if self.connected {
-                        // rumqttc moved what it held to its pending queue, which a
-                        // clean session discards on reconnect: fail every waiter.
-                        self.connected = false;
-                        let lost = self.queued.len() + self.inflight.len();
-                        for reply in self
-                            .queued
-                            .drain(..)
-                            .chain(self.inflight.drain().map(|(_, r)| r))
-                        {
-                            let _ = reply.send(Err(PublishError::ConnectionLost));
-                        }
-                        warn!(error = %e, unconfirmed = lost, "publisher lost the broker; reconnecting");
-                    } else {
-                        warn!(error = %e, "publisher cannot reach the broker");
-                    }
-                    let delay = self.reconnect.next_delay();
-                    tokio::select! {
-                        () = close.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+                Err(e) => return End::Lost(e),
             }
         }
-        for reply in self
-            .queued
-            .drain(..)
-            .chain(self.inflight.drain().map(|(_, r)| r))
-        {
-            let _ = reply.send(Err(PublishError::Closed));
+    }
+
+    /// Hands one publish to rumqttc; its reply waits for the broker's answer.
+    fn queue(&self, client: &Client, waiting: &mut Waiting, msg: &Message, reply: Reply) {
+        // The broker's limit may have shrunk since the caller checked.
+        if let Err(e) = self.limits.check(msg) {
+            let _ = reply.send(Err(e));
+            return;
         }
-        if self.connected && self.client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while conn.poll().await.is_ok() {}
-            })
-            .await;
+        match client.try_publish(msg) {
+            Ok(()) => waiting.queued.push_back(reply),
+            // `queued` stays below the channel's capacity, so this means the
+            // event loop is gone: the connection is ending.
+            Err(_) => {
+                let _ = reply.send(Err(PublishError::ConnectionLost));
+            }
         }
     }
 }

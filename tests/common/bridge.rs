@@ -36,6 +36,8 @@ pub struct BridgeConfig {
     pub max_packet_size: Option<String>,
     pub drain_timeout: String,
     pub admin_port: Option<u16>,
+    /// `state_dir`: a directory shared by the tests (client ids are unique).
+    pub state_dir: PathBuf,
     /// Each route as one YAML flow mapping, e.g.
     /// `{name: a, topic: "s/+", function: echo, republish: {topic: "r/{1}"}}`.
     pub routes: Vec<String>,
@@ -56,6 +58,7 @@ impl BridgeConfig {
             max_packet_size: None,
             drain_timeout: "10s".into(),
             admin_port: None,
+            state_dir: std::env::temp_dir().join("fxbridge-test-state"),
             routes: Vec::new(),
         }
     }
@@ -99,6 +102,10 @@ impl BridgeConfig {
         if let Some(p) = self.admin_port {
             y.push_str(&format!("admin:\n  listen: 127.0.0.1:{p}\n"));
         }
+        y.push_str(&format!(
+            "state_dir: {:?}\n",
+            self.state_dir.display().to_string()
+        ));
         y.push_str("routes:\n");
         for r in &self.routes {
             y.push_str("  - ");
@@ -118,6 +125,13 @@ impl BridgeConfig {
 /// Starts the bridge in this process and waits (10 s at most) until it is
 /// connected with every subscription in place. Stop it with `Bridge::stop`.
 pub async fn start_in_process(cfg: &BridgeConfig) -> Bridge {
+    // `FXBRIDGE_TEST_LOG=debug` shows the bridge's log when a test is run alone.
+    if let Ok(filter) = std::env::var("FXBRIDGE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let bridge = Bridge::start(cfg.parse(), Metrics::new())
         .await
         .expect("bridge start");

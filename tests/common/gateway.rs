@@ -37,6 +37,9 @@ struct State {
     delay_for: HashMap<Vec<u8>, Duration>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Put before the replies of a function, like OpenFx runtimes that
+    /// prefix the language.
+    prefix: HashMap<String, String>,
 }
 
 struct Shared {
@@ -75,7 +78,7 @@ impl FxGateway for Service {
     ) -> Result<Response<Message>, Status> {
         let req = request.into_inner();
         let input = req.input.to_vec();
-        let (fail, delay) = {
+        let (fail, delay, prefix) = {
             let mut s = self.shared.lock();
             let fail = s.fail_next.pop_front();
             s.invocations.push(Invocation {
@@ -87,7 +90,11 @@ impl FxGateway for Service {
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
             let delay = s.delay_for.get(&input).copied().unwrap_or(s.delay_all);
-            (fail, delay)
+            (
+                fail,
+                delay,
+                s.prefix.get(&req.service).cloned().unwrap_or_default(),
+            )
         };
         let _guard = InFlight(Arc::clone(&self.shared));
         if let Some(code) = fail {
@@ -105,7 +112,7 @@ impl FxGateway for Service {
             }
         }
         Ok(Response::new(Message {
-            msg: String::from_utf8_lossy(&input).into_owned(),
+            msg: prefix + &String::from_utf8_lossy(&input),
         }))
     }
 
@@ -179,6 +186,15 @@ impl TestGateway {
     /// Drops failures still queued by [`fail_next`](Self::fail_next).
     pub fn clear_failures(&self) {
         self.shared.lock().fail_next.clear();
+    }
+
+    /// Every reply of `function` starts with `prefix` (the stock runtimes
+    /// answer `[Go] <input>`).
+    pub fn reply_prefix(&self, function: &str, prefix: &str) {
+        self.shared
+            .lock()
+            .prefix
+            .insert(function.to_string(), prefix.to_string());
     }
 
     /// Every call takes at least `d` (unless a per-input delay applies).

@@ -17,26 +17,35 @@ pub struct Mosquitto {
     port: u16,
     dir: tempfile::TempDir,
     persistence: bool,
+    /// Lines added to the generated mosquitto.conf.
+    extra: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     /// Starts a broker without persistence (sessions live in memory only).
     pub fn start() -> Mosquitto {
-        Self::launch(false)
+        Self::launch(false, "")
+    }
+
+    /// Starts a broker without persistence, with `extra` lines in its config
+    /// (e.g. `max_packet_size 100000`).
+    pub fn start_with(extra: &str) -> Mosquitto {
+        Self::launch(false, extra)
     }
 
     /// Starts a broker that keeps sessions and queued messages across its own
     /// restart (`persistence true`, saved on a clean stop).
     pub fn start_persistent() -> Mosquitto {
-        Self::launch(true)
+        Self::launch(true, "")
     }
 
-    fn launch(persistence: bool) -> Mosquitto {
+    fn launch(persistence: bool, extra: &str) -> Mosquitto {
         let mut m = Mosquitto {
             port: super::free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             persistence,
+            extra: extra.to_string(),
             child: None,
         };
         m.write_config();
@@ -72,6 +81,10 @@ impl Mosquitto {
         // and could then not write into the temp dir.
         if is_root() {
             conf.push_str("user root\n");
+        }
+        for line in self.extra.lines() {
+            conf.push_str(line.trim());
+            conf.push('\n');
         }
         let mut f = std::fs::File::create(self.config_path()).expect("write mosquitto.conf");
         f.write_all(conf.as_bytes()).expect("write mosquitto.conf");

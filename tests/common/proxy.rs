@@ -1,7 +1,8 @@
 //! A TCP proxy between a client and the broker that reads the MQTT 3.1.1 packets
 //! going through it, so a test can see what was sent on the wire and in which
-//! order: CONNECT client ids, PUBLISH packet ids from the broker, PUBACK packet
-//! ids from the client. Bytes are forwarded unchanged as they arrive.
+//! order: CONNECT client ids, PUBLISH and PUBACK packets in both directions.
+//! Bytes are forwarded unchanged as they arrive; [`MqttProxy::cut`] closes every
+//! open connection at once (a network failure as the client sees it).
 
 use std::sync::{Arc, Mutex};
 
@@ -28,12 +29,26 @@ pub enum Seen {
         conn: usize,
         pkid: u16,
     },
+    /// Client -> broker: a PUBLISH of the client's.
+    Sent {
+        conn: usize,
+        pkid: u16,
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// Broker -> client: the broker accepted the client's PUBLISH `pkid`.
+    Accepted {
+        conn: usize,
+        pkid: u16,
+    },
 }
 
 /// The proxy; stops accepting on drop (open connections end with the test runtime).
 pub struct MqttProxy {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Fired to close every connection open at that moment.
+    cut: Arc<Mutex<tokio_util::sync::CancellationToken>>,
     task: JoinHandle<()>,
 }
 
@@ -43,7 +58,9 @@ impl MqttProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let cut = Arc::new(Mutex::new(tokio_util::sync::CancellationToken::new()));
         let log = Arc::clone(&seen);
+        let cuts = Arc::clone(&cut);
         let task = tokio::spawn(async move {
             let mut conn = 0usize;
             while let Ok((client, _)) = listener.accept().await {
@@ -52,11 +69,31 @@ impl MqttProxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = broker.set_nodelay(true);
-                tokio::spawn(pipe(client, broker, conn, Arc::clone(&log)));
+                let cut = cuts.lock().unwrap().clone();
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = pipe(client, broker, conn, log) => {}
+                        () = cut.cancelled() => {}
+                    }
+                });
                 conn += 1;
             }
         });
-        MqttProxy { port, seen, task }
+        MqttProxy {
+            port,
+            seen,
+            cut,
+            task,
+        }
+    }
+
+    /// Closes every connection open now (both sides see the TCP connection
+    /// end); later connections are forwarded as usual.
+    pub fn cut(&self) {
+        let mut cut = self.cut.lock().unwrap();
+        cut.cancel();
+        *cut = tokio_util::sync::CancellationToken::new();
     }
 
     pub fn port(&self) -> u16 {
@@ -171,7 +208,7 @@ fn interpret(packet: &(u8, Vec<u8>), dir: Direction, conn: usize) -> Option<Seen
                 client_id: String::from_utf8_lossy(id).into_owned(),
             })
         }
-        (3, Direction::ToClient) => {
+        (3, dir) => {
             let qos = (first >> 1) & 3;
             let topic_len = usize::from(u16_at(body, 0)?);
             let topic = String::from_utf8_lossy(body.get(2..2 + topic_len)?).into_owned();
@@ -182,14 +219,27 @@ fn interpret(packet: &(u8, Vec<u8>), dir: Direction, conn: usize) -> Option<Seen
             } else {
                 0
             };
-            Some(Seen::Publish {
-                conn,
-                pkid,
-                topic,
-                payload: body.get(at..)?.to_vec(),
+            let payload = body.get(at..)?.to_vec();
+            Some(match dir {
+                Direction::ToClient => Seen::Publish {
+                    conn,
+                    pkid,
+                    topic,
+                    payload,
+                },
+                Direction::ToBroker => Seen::Sent {
+                    conn,
+                    pkid,
+                    topic,
+                    payload,
+                },
             })
         }
         (4, Direction::ToBroker) => Some(Seen::PubAck {
+            conn,
+            pkid: u16_at(body, 0)?,
+        }),
+        (4, Direction::ToClient) => Some(Seen::Accepted {
             conn,
             pkid: u16_at(body, 0)?,
         }),

