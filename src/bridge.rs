@@ -235,6 +235,7 @@ impl Core {
                 max_pending: self.config.mqtt.max_pending,
                 reconnect: self.config.mqtt.reconnect.clone(),
                 retire,
+                write_timeout: self.config.mqtt.connect_timeout,
             },
             Arc::clone(&self.router) as Arc<dyn Dispatch>,
             Arc::clone(&self.record),

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tracing::{debug, error, warn};
 
 use crate::ack::RouteDone;
@@ -243,7 +242,9 @@ async fn invoke(
             InvokeError::InvalidReply(s) => (s, true),
         };
         let code = status.code();
-        let waiting = code == Code::Unavailable && retry.wait_while_unavailable && !permanent;
+        // Only a gateway that could not be reached at all is waited for; a
+        // call lost after its request went out counts as an attempt.
+        let waiting = error.unreachable() && retry.wait_while_unavailable;
         if waiting && svc.stopping.is_cancelled() {
             return Err(Fate::Abandon);
         }

@@ -320,3 +320,127 @@ async fn a_stuck_route_does_not_stop_another_mqtt311() {
 async fn a_stuck_route_does_not_stop_another_mqtt5() {
     a_stuck_route_does_not_stop_another("5").await;
 }
+
+/// Four routes in one session, 300 msg/s against a 40 ms gateway with
+/// `max_pending: 8`, so the bridge runs at its limit and its acknowledgements
+/// queue up. None may be dropped: once the stream is done every PUBLISH the
+/// broker sent was acknowledged on the wire, a route removed meanwhile is
+/// unsubscribed, and a restart afterwards gets nothing redelivered (no
+/// function runs twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_and_unsubscribes_are_never_dropped_under_load() {
+    use common::proxy::{MqttProxy, Seen};
+    let broker = Mosquitto::start();
+    let proxy = MqttProxy::start(broker.port()).await;
+    let gw = TestGateway::start().await;
+    gw.delay_all(Duration::from_millis(40));
+    let route = |r: &str| {
+        format!(
+            r#"{{name: {r}, topic: "{r}/+", function: f, session: shared, republish: {{topic: "out/{r}/{{1}}"}}}}"#
+        )
+    };
+    let mut cfg = BridgeConfig::new(proxy.port(), &gw.url());
+    for r in ["a", "b", "c", "d"] {
+        cfg = cfg.route(&route(r));
+    }
+    cfg.max_pending = 8;
+    let file = ConfigFile::with(&cfg.to_yaml());
+    let results = Collector::start(broker.port(), &["out/#"]).await;
+    let mut bridge = fxbridge::bridge::Bridge::start(
+        fxbridge::config::Config::load(file.path()).expect("config"),
+        fxbridge::metrics::Metrics::new(),
+    )
+    .await
+    .expect("start");
+    common::bridge::wait_ready(&bridge.metrics).await;
+
+    let msgs: Vec<_> = (0..1500)
+        .map(|i| {
+            let r = ["a", "b", "c"][i % 3];
+            (format!("{r}/{}", i % 5), format!("m-{i}").into_bytes())
+        })
+        .collect();
+    let load = {
+        let msgs = msgs.clone();
+        let port = broker.port();
+        tokio::spawn(async move { common::mqtt::publish_at_rate(port, &msgs, 300).await })
+    };
+    // Mid-stream, a reload removes route d: its UNSUBSCRIBE must get through.
+    wait_until(LONG, "half the stream processed", || {
+        results.distinct() >= 600
+    })
+    .await;
+    let without_d = ["a", "b", "c"].iter().fold(
+        BridgeConfig {
+            routes: Vec::new(),
+            ..cfg.clone()
+        },
+        |c, r| c.route(&route(r)),
+    );
+    file.write(&without_d.to_yaml());
+    fxbridge::reload::reload(&mut bridge, file.path())
+        .await
+        .expect("reload");
+    load.await.expect("load");
+    wait_until(LONG, "every result", || results.distinct() >= msgs.len()).await;
+    let session = format!("{}.shared", cfg.client_id);
+    wait_until(LONG, "UNSUBSCRIBE d/+ at the broker", || {
+        broker
+            .log()
+            .lines()
+            .any(|l| l.ends_with(&format!("{session} d/+")))
+    })
+    .await;
+    // Every PUBLISH to the session's connection is acknowledged on the wire.
+    let conn = proxy.connections_of(&session);
+    assert_eq!(conn.len(), 1, "one connection of the session");
+    let counts = || {
+        let seen = proxy.seen();
+        let publishes = seen
+            .iter()
+            .filter(|s| matches!(s, Seen::Publish { conn: c, .. } if *c == conn[0]))
+            .count();
+        let acks = seen
+            .iter()
+            .filter(|s| matches!(s, Seen::PubAck { conn: c, .. } if *c == conn[0]))
+            .count();
+        (publishes, acks)
+    };
+    let all_acked = common::wait::try_wait_until(LONG, || {
+        let (p, a) = counts();
+        p == a
+    })
+    .await;
+    let page = bridge.metrics.render();
+    let (publishes, acks) = counts();
+    eprintln!(
+        "1500 messages at 300/s over one session, max_pending 8: {publishes} PUBLISH, {acks} PUBACK on the wire; \
+         control_waits_total {:?}, backpressure_total {:?}",
+        metric(&page, "control_waits_total"),
+        metric(&page, "backpressure_total")
+    );
+    assert!(all_acked, "{publishes} PUBLISH but {acks} PUBACK");
+    bridge.stop().await.unwrap();
+
+    // A restart gets nothing redelivered: no function runs twice.
+    let calls = gw.calls();
+    let bridge = start_in_process(&without_d).await;
+    publish_all(broker.port(), &[("a/fence".into(), b"fence".to_vec())]).await;
+    results.wait_for("out/a/fence", b"fence", LONG).await;
+    assert_eq!(
+        gw.calls(),
+        calls + 1,
+        "only the fence was invoked after the restart"
+    );
+    assert_eq!(
+        gw.calls(),
+        gw.answered_inputs().len(),
+        "no duplicate invocations"
+    );
+    // Route d's filter is gone from the session.
+    publish_all(broker.port(), &[("d/x".into(), b"for-d".to_vec())]).await;
+    publish_all(broker.port(), &[("a/fence".into(), b"fence-2".to_vec())]).await;
+    results.wait_for("out/a/fence", b"fence-2", LONG).await;
+    assert_eq!(gw.calls_with(b"for-d"), 0);
+    bridge.stop().await.unwrap();
+}

@@ -42,6 +42,9 @@ use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 
 type Sender = SendRequest<Full<Bytes>>;
+
+/// Marks an UNAVAILABLE status of a call whose request had been sent.
+pub const SENT: &str = "x-fxbridge-request-sent";
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A cloneable handle on one HTTP/2 connection to the gateway; a `tower`
@@ -272,7 +275,16 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for H2Channel {
                 Status::unavailable(format!("gateway connection to {} failed: {e}", inner.addr))
             };
             sender.ready().await.map_err(lost)?;
-            let response = sender.send_request(request).await.map_err(lost)?;
+            // Once the request is on the connection the function may run: a
+            // connection lost now is marked, so the retry counts as an attempt
+            // (UNAVAILABLE alone means the gateway was not reached).
+            let response = sender.send_request(request).await.map_err(|e| {
+                let mut status = lost(e);
+                status
+                    .metadata_mut()
+                    .insert(SENT, tonic::metadata::MetadataValue::from_static("1"));
+                status
+            })?;
             Ok(response)
         })
     }

@@ -55,6 +55,12 @@ impl InvokeError {
     pub fn message(&self) -> &str {
         self.status().message()
     }
+
+    /// Whether the gateway could not be reached at all (nothing was sent), as
+    /// opposed to a call that failed after its request went out.
+    pub fn unreachable(&self) -> bool {
+        matches!(self, InvokeError::Status(s) if s.code() == Code::Unavailable && !s.metadata().contains_key(channel::SENT))
+    }
 }
 
 /// Marks a status made from a reply that did not decode.

@@ -16,6 +16,13 @@
 //! never wait for a permit, and none is ever dropped: when rumqttc's request
 //! channel has no room, they wait in the session's outbox, in order.
 //!
+//! Acknowledgements under MQTT 3.1.1 are written by this task itself, between
+//! polls ([`Connection::write_acks`]): through rumqttc's request channel they
+//! fall behind a steady stream without bound (measured: 1,200 of 3,000 sent
+//! while the broker kept sending). One acknowledgement at a time still goes
+//! through the channel, so an idle connection's poll wakes up and the rest
+//! follow at once, in order.
+//!
 //! Stopping: once `stop_reading` fires, the task hands nothing more to the
 //! router; a message that arrives, or that was waiting for room, is left
 //! unacknowledged for the broker to redeliver in the next session. The task
@@ -145,6 +152,9 @@ pub struct SessionSpec {
     pub reconnect: Backoff,
     /// True for a session that is only being retired.
     pub retire: bool,
+    /// How long writing acknowledgements may take before the connection is
+    /// given up (`mqtt.connect_timeout`).
+    pub write_timeout: Duration,
 }
 
 /// Starts the task of one session.
@@ -180,6 +190,9 @@ pub fn spawn(
         retiring: spec.retire,
         reading: true,
         reading_stopped: stopped_tx,
+        direct_acks: false,
+        acks_in_channel: 0,
+        write_timeout: spec.write_timeout,
     };
     let handle = tokio::spawn(task.run(spec.endpoint, stop_reading.clone(), close.clone()));
     SessionHandle {
@@ -211,6 +224,12 @@ struct Task {
     /// False once `stop_reading` fired: nothing more goes to the router.
     reading: bool,
     reading_stopped: watch::Sender<bool>,
+    /// The connection writes acknowledgements itself (MQTT 3.1.1).
+    direct_acks: bool,
+    /// Acknowledgements handed to rumqttc's channel and not yet sent.
+    acks_in_channel: usize,
+    /// How long a direct write of acknowledgements may take.
+    write_timeout: Duration,
 }
 
 /// What became of a message taken from the connection.
@@ -228,11 +247,20 @@ impl Task {
         close: CancellationToken,
     ) {
         let (client, mut conn) = endpoint.open(CHANNEL_CAPACITY);
+        self.direct_acks = conn.writes_acks();
         self.write_record();
         // A retiring session ends once quiet; this timer restarts on every message.
         let quiet = tokio::time::sleep(QUIET);
         tokio::pin!(quiet);
         loop {
+            if let Err(e) = self.write_acks(&mut conn).await {
+                conn.reset();
+                if !self.connection_failed(&e, &stop_reading, &close).await {
+                    self.close(&client, &mut conn).await;
+                    return;
+                }
+                continue;
+            }
             self.flush_controls(&client);
             let event = {
                 let poll = conn.poll();
@@ -282,8 +310,9 @@ impl Task {
                         debug!(topic = %received.msg.topic, "stopping: left for the next session");
                         continue;
                     }
-                    if let Taken::Closing =
-                        self.take(received, &client, &stop_reading, &close).await
+                    if let Taken::Closing = self
+                        .take(received, &client, &mut conn, &stop_reading, &close)
+                        .await
                     {
                         self.close(&client, &mut conn).await;
                         return;
@@ -305,24 +334,59 @@ impl Task {
                     self.write_record();
                     quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
                 }
-                Ok(Event::AckSent) => self.metrics.acked(),
+                Ok(Event::AckSent) => {
+                    self.acks_in_channel = self.acks_in_channel.saturating_sub(1);
+                    self.metrics.acked();
+                }
                 Ok(_) => {}
                 Err(e) => {
-                    if self.session.is_connected() {
-                        let lost = self.session.lost();
-                        self.status.set_connected(false);
-                        warn!(session = %self.name, error = %e, unacknowledged = lost, "lost the broker; reconnecting (unacknowledged messages will be redelivered)");
-                    } else {
-                        warn!(session = %self.name, error = %e, "cannot reach the broker");
-                    }
-                    let delay = self.reconnect.next_delay();
-                    if !self.wait(delay, &stop_reading, &close).await {
+                    if !self.connection_failed(&e, &stop_reading, &close).await {
                         self.close(&client, &mut conn).await;
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// The connection failed: acknowledgements of it are void. Waits before
+    /// the next attempt; false if `close` fired meanwhile.
+    async fn connection_failed(
+        &mut self,
+        error: &str,
+        stop_reading: &CancellationToken,
+        close: &CancellationToken,
+    ) -> bool {
+        self.acks_in_channel = 0;
+        if self.session.is_connected() {
+            let lost = self.session.lost();
+            self.status.set_connected(false);
+            warn!(session = %self.name, %error, unacknowledged = lost, "lost the broker; reconnecting (unacknowledged messages will be redelivered)");
+        } else {
+            warn!(session = %self.name, %error, "cannot reach the broker");
+        }
+        let delay = self.reconnect.next_delay();
+        self.wait(delay, stop_reading, close).await
+    }
+
+    /// Writes the acknowledgements at the front of the outbox straight to the
+    /// connection (MQTT 3.1.1), once none is left in rumqttc's channel (they
+    /// leave in order). Only between polls.
+    async fn write_acks(&mut self, conn: &mut Connection) -> Result<(), String> {
+        if !self.direct_acks || self.acks_in_channel > 0 || !self.session.is_connected() {
+            return Ok(());
+        }
+        let pkids: Vec<u16> = self.session.front_acks(256);
+        if pkids.is_empty() {
+            return Ok(());
+        }
+        if conn.write_acks(&pkids, self.write_timeout).await? {
+            for _ in &pkids {
+                self.session.control_taken();
+                self.metrics.acked();
+            }
+        }
+        Ok(())
     }
 
     /// `stop_reading` fired: nothing more goes to the router.
@@ -336,6 +400,7 @@ impl Task {
         &mut self,
         received: Received,
         client: &Client,
+        conn: &mut Connection,
         stop_reading: &CancellationToken,
         close: &CancellationToken,
     ) -> Taken {
@@ -360,6 +425,18 @@ impl Task {
                 biased;
                 Some(done) = self.done_rx.recv() => {
                     self.finished(done);
+                    // Not polling now: the acknowledgements go out directly.
+                    if let Err(e) = self.write_acks(conn).await {
+                        // Seen as a lost connection by the next poll.
+                        warn!(session = %self.name, error = %e, "cannot write acknowledgements; reconnecting");
+                        conn.reset();
+                        self.acks_in_channel = 0;
+                        if self.session.is_connected() {
+                            self.session.lost();
+                            self.status.set_connected(false);
+                        }
+                        return Taken::Handled;
+                    }
                     self.flush_controls(client);
                 }
                 Some(cmd) = self.commands.recv() => {
@@ -431,8 +508,18 @@ impl Task {
             return;
         }
         while let Some(control) = self.session.next_control() {
+            let is_ack = matches!(control, Control::Ack { .. });
             let taken = match control {
-                Control::Ack { qos, pkid } => client.try_ack(*qos, *pkid).is_ok(),
+                // Written directly between polls; one in the channel at a time
+                // wakes an idle poll (and keeps the order).
+                Control::Ack { .. } if self.direct_acks && self.acks_in_channel > 0 => false,
+                Control::Ack { qos, pkid } => {
+                    let ok = client.try_ack(*qos, *pkid).is_ok();
+                    if ok {
+                        self.acks_in_channel += 1;
+                    }
+                    ok
+                }
                 Control::Subscribe(subs) => match client.try_subscribe(subs) {
                     Ok(packets) => {
                         self.session.subscribe_sent(packets);
@@ -452,7 +539,9 @@ impl Task {
                 }
             };
             if !taken {
-                self.metrics.control_waited();
+                if !is_ack || !self.direct_acks {
+                    self.metrics.control_waited();
+                }
                 break;
             }
             self.session.control_taken();
@@ -508,12 +597,18 @@ impl Task {
         // outbox) and the DISCONNECT.
         let flushed = async {
             loop {
+                if self.write_acks(conn).await.is_err() {
+                    return;
+                }
                 self.flush_controls(client);
-                if self.session.outbox_len() == 0 {
+                if self.session.outbox_len() == 0 && self.acks_in_channel == 0 {
                     break;
                 }
                 match conn.poll().await {
-                    Ok(Event::AckSent) => self.metrics.acked(),
+                    Ok(Event::AckSent) => {
+                        self.acks_in_channel = self.acks_in_channel.saturating_sub(1);
+                        self.metrics.acked();
+                    }
                     Ok(_) => {}
                     Err(_) => return,
                 }
@@ -521,13 +616,7 @@ impl Task {
             if client.try_disconnect().is_err() {
                 return;
             }
-            loop {
-                match conn.poll().await {
-                    Ok(Event::AckSent) => self.metrics.acked(),
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
+            conn.flush(Duration::from_secs(2)).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
         info!(session = %self.name, "disconnected from the broker; the session stays with it");

@@ -488,6 +488,60 @@ impl Connection {
         }
     }
 
+    /// Whether [`Connection::write_acks`] can write acknowledgements itself.
+    pub fn writes_acks(&self) -> bool {
+        matches!(self, Connection::V4(_))
+    }
+
+    /// Writes PUBACKs for `pkids` straight to the connection and flushes, in
+    /// order, for up to `timeout`. Only between polls (the poll future holds
+    /// the event loop otherwise), and only under MQTT 3.1.1: rumqttc takes one
+    /// request from its channel per turn of its loop but reads up to ten
+    /// packets from the network, so under a steady stream its PUBACKs fall
+    /// behind without bound, and a 3.1.1 broker may not limit what it sends
+    /// unacknowledged (mosquitto 2.0.11 does not, observed here). MQTT 5 has no
+    /// such gap: the broker stops at the Receive Maximum, and the channel
+    /// drains. Returns false when there is no connection to write to.
+    pub async fn write_acks(&mut self, pkids: &[u16], timeout: Duration) -> Result<bool, String> {
+        let Connection::V4(el) = self else {
+            return Ok(false);
+        };
+        let Some(network) = el.network.as_mut() else {
+            return Ok(false);
+        };
+        let write = async {
+            for pkid in pkids {
+                network
+                    .write(rumqttc::Packet::PubAck(rumqttc::PubAck::new(*pkid)))
+                    .await?;
+            }
+            network.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(format!("cannot write acknowledgements: {e}")),
+            Err(_) => Err(format!(
+                "cannot write acknowledgements: no progress within {}",
+                humantime::format_duration(timeout)
+            )),
+        }
+    }
+
+    /// Drops the connection after a failure seen outside `poll` (a failed
+    /// [`Connection::write_acks`]); the next poll reconnects.
+    pub fn reset(&mut self) {
+        match self {
+            Connection::V4(el) => {
+                el.clean();
+                el.state.events.clear();
+            }
+            Connection::V5(el) => {
+                el.clean();
+                el.state.events.clear();
+            }
+        }
+    }
+
     /// Lets the event loop write what is queued (acknowledgements, a DISCONNECT)
     /// for up to `timeout`, until the connection closes.
     pub async fn flush(&mut self, timeout: Duration) {

@@ -361,6 +361,23 @@ impl Session {
         self.outbox.front()
     }
 
+    /// The packet ids of the QoS 1 acknowledgements at the front of the
+    /// outbox, at most `max`, in order (they are taken with
+    /// [`Session::control_taken`] once written).
+    pub fn front_acks(&self, max: usize) -> Vec<u16> {
+        self.outbox
+            .iter()
+            .take(max)
+            .map_while(|c| match c {
+                Control::Ack {
+                    qos: QoS::AtLeastOnce,
+                    pkid,
+                } => Some(*pkid),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The client took the front control packet.
     pub fn control_taken(&mut self) -> Option<Control> {
         self.outbox.pop_front()

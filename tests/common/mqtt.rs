@@ -56,6 +56,45 @@ pub async fn publish_all_qos(port: u16, msgs: &[(String, Vec<u8>)], qos: QoS) {
     .await;
 }
 
+/// Publishes `msgs` at QoS 1 at about `rate` per second (paced against the
+/// clock, not by sleeping a fixed time per message), then waits until the
+/// broker has acknowledged all of them (at most 30 s after the last).
+pub async fn publish_at_rate(port: u16, msgs: &[(String, Vec<u8>)], rate: u32) {
+    let mut opts = MqttOptions::new(unique("test-pub-rate"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, msgs.len() + 10);
+    let want = msgs.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0usize;
+        while acked < want {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher lost the broker after {acked}/{want} PUBACKs: {e}"),
+            }
+        }
+        eventloop
+    });
+    let start = tokio::time::Instant::now();
+    let gap = Duration::from_secs(1) / rate.max(1);
+    for (i, (topic, payload)) in msgs.iter().enumerate() {
+        tokio::time::sleep_until(start + gap * u32::try_from(i).unwrap_or(u32::MAX)).await;
+        client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .expect("queue publish");
+    }
+    let mut eventloop = tokio::time::timeout(Duration::from_secs(30), acks)
+        .await
+        .expect("the broker did not acknowledge every publish within 30 s")
+        .expect("publisher task");
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
 /// `count` messages `<prefix>-<i>` on `topic`, ready for [`publish_all`].
 pub fn numbered(
     topic: &str,
