@@ -444,3 +444,188 @@ async fn acknowledgements_and_unsubscribes_are_never_dropped_under_load() {
     assert_eq!(gw.calls_with(b"for-d"), 0);
     bridge.stop().await.unwrap();
 }
+
+/// Route `b` holds 20 messages (its calls hang) and the broker queues 10 more
+/// when a reload removes it. The 20 finish on the old version once released;
+/// the 10 that arrive afterwards no route takes: each is dead-lettered as
+/// unrouted and counted, none acknowledged silently. `shared` puts both
+/// routes in one session (the removed route's filter is unsubscribed); without
+/// it `b` has its own session, which is retired.
+async fn a_removed_routes_backlog_is_dead_lettered(shared: bool) {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let session = if shared { ", session: s" } else { "" };
+    let route = |r: &str| {
+        format!(
+            r#"{{name: {r}, topic: "{r}/+", function: f, republish: {{topic: "out/{r}"}}{session}}}"#
+        )
+    };
+    let cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(&route("a"))
+        .route(&route("b"));
+    let file = ConfigFile::with(&cfg.to_yaml());
+    let results = Collector::start(broker.port(), &["out/+", "fxbridge/dead-letter/#"]).await;
+    let mut bridge = fxbridge::bridge::Bridge::start(
+        fxbridge::config::Config::load(file.path()).expect("config"),
+        fxbridge::metrics::Metrics::new(),
+    )
+    .await
+    .expect("start");
+    common::bridge::wait_ready(&bridge.metrics).await;
+    // 30 messages on 30 topics, every call held: mosquitto sends 20, queues 10.
+    let msgs: Vec<_> = (0..30)
+        .map(|i| (format!("b/{i}"), format!("b-{i}").into_bytes()))
+        .collect();
+    for (_, p) in &msgs {
+        gw.hold(p);
+    }
+    publish_all(broker.port(), &msgs).await;
+    wait_until(LONG, "20 held calls", || gw.in_flight() == 20).await;
+
+    let only_a = BridgeConfig {
+        routes: Vec::new(),
+        ..cfg.clone()
+    }
+    .route(&route("a"));
+    file.write(&only_a.to_yaml());
+    let summary = fxbridge::reload::reload(&mut bridge, file.path())
+        .await
+        .expect("reload");
+    assert!(summary.contains("removed [\"b\"]"), "{summary}");
+    gw.release();
+    let unrouted = |r: &common::mqtt::Received| r.topic == "fxbridge/dead-letter/unrouted";
+    wait_until(LONG, "30 messages processed or dead-lettered", || {
+        let done: HashSet<Vec<u8>> = results
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                if m.topic == "out/b" {
+                    Some(m.payload.clone())
+                } else if unrouted(m) {
+                    let env: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+                    let b64 = env["payload_base64"].as_str()?;
+                    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        done == payloads(&msgs)
+    })
+    .await;
+    let dead: Vec<_> = results.messages().into_iter().filter(unrouted).collect();
+    let processed = results.on("out/b").len();
+    eprintln!(
+        "route removed with 30 messages outstanding ({}): {processed} processed by the old version, {} dead-lettered as unrouted",
+        if shared { "shared session" } else { "own session" },
+        dead.len()
+    );
+    assert_eq!(
+        processed, 20,
+        "the 20 in progress finish on the old version"
+    );
+    assert_eq!(dead.len(), 10);
+    for d in &dead {
+        let env: serde_json::Value = serde_json::from_slice(&d.payload).expect("JSON");
+        assert_eq!(env["error_kind"], "unrouted");
+        assert!(env["route"].is_null());
+    }
+    // The counter follows the broker's PUBACK of each dead letter.
+    wait_until(LONG, "10 unrouted dead letters counted", || {
+        metric(&bridge.metrics.render(), "unrouted_dead_letters_total") == Some(10)
+    })
+    .await;
+    assert_eq!(metric(&bridge.metrics.render(), "unrouted_total"), Some(10));
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_routes_backlog_is_dead_lettered_from_its_own_session() {
+    a_removed_routes_backlog_is_dead_lettered(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_routes_backlog_is_dead_lettered_from_a_shared_session() {
+    a_removed_routes_backlog_is_dead_lettered(true).await;
+}
+
+/// A route removed while the bridge was down: the next start unsubscribes its
+/// filter (its own session is retired, or the shared session drops the
+/// filter), dead-letters what the broker kept for it, and afterwards nothing
+/// on its topics reaches the bridge.
+async fn removed_while_down(shared: bool) {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let session = if shared { ", session: s" } else { "" };
+    let route = |r: &str| {
+        format!(
+            r#"{{name: {r}, topic: "{r}/+", function: f, republish: {{topic: "out/{r}"}}{session}}}"#
+        )
+    };
+    let cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(&route("a"))
+        .route(&route("b"));
+    let results = Collector::start(broker.port(), &["out/+", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    bridge.stop().await.unwrap();
+    // Kept by the broker for the bridge's session(s) while it is down.
+    publish_all(broker.port(), &numbered("b/x", "while-down", 0..5)).await;
+
+    let only_a = BridgeConfig {
+        routes: Vec::new(),
+        ..cfg.clone()
+    }
+    .route(&route("a"));
+    let bridge = start_in_process(&only_a).await;
+    wait_until(LONG, "5 unrouted dead letters", || {
+        results.on("fxbridge/dead-letter/unrouted").len() == 5
+    })
+    .await;
+    let client_id = if shared {
+        format!("{}.s", cfg.client_id)
+    } else {
+        format!("{}.b", cfg.client_id)
+    };
+    wait_until(LONG, "UNSUBSCRIBE b/+ at the broker", || {
+        broker
+            .log()
+            .lines()
+            .any(|l| l.ends_with(&format!("{client_id} b/+")))
+    })
+    .await;
+    if !shared {
+        // The retired session ends once quiet, and is forgotten.
+        let record = cfg
+            .state_dir
+            .join(format!("sessions-{}.json", cfg.client_id));
+        wait_until(LONG, "the retired session forgotten", || {
+            std::fs::read_to_string(&record)
+                .map(|r| !r.contains(&client_id))
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    // Nothing on b/+ reaches the bridge any more.
+    let received = bridge.metrics.totals().0;
+    publish_all(broker.port(), &numbered("b/x", "after", 0..3)).await;
+    publish_all(broker.port(), &[("a/1".into(), b"fence".to_vec())]).await;
+    results.wait_for("out/a", b"fence", LONG).await;
+    assert_eq!(
+        bridge.metrics.totals().0,
+        received + 1,
+        "only the fence arrived"
+    );
+    assert_eq!(results.on("fxbridge/dead-letter/unrouted").len(), 5);
+    assert_eq!(gw.calls(), 1, "nothing of b was invoked");
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_removed_while_down_is_unsubscribed_at_start() {
+    removed_while_down(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_removed_while_down_is_unsubscribed_at_start_shared_session() {
+    removed_while_down(true).await;
+}

@@ -1091,3 +1091,138 @@ async fn republish_retain_is_honoured() {
     assert!(late.on("rt/d1/state")[0].retain);
     bridge.stop().await.unwrap();
 }
+
+/// A gateway whose reply is not a protobuf `Message`: asking again would get
+/// the same reply, so the message is dead-lettered after one call, not five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_reply_is_dead_lettered_without_retries() {
+    let broker = Mosquitto::start();
+    let gw = common::MalformedGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(
+        r#"{name: bad, topic: "bad/in", function: f, republish: {topic: "bad/out"},
+            retry: {attempts: 5, backoff: {initial: 10ms, max: 20ms}}}"#,
+    );
+    let results = Collector::start(broker.port(), &["bad/out", "fxbridge/dead-letter/#"]).await;
+    let bridge = start_in_process(&cfg).await;
+    publish_all(broker.port(), &[msg("bad/in", b"x")]).await;
+    wait_until(LONG, "the dead letter", || {
+        !results.on("fxbridge/dead-letter/bad").is_empty()
+    })
+    .await;
+    let env: serde_json::Value =
+        serde_json::from_slice(&results.on("fxbridge/dead-letter/bad")[0].payload).unwrap();
+    assert_eq!(env["error_kind"], "gateway");
+    assert_eq!(env["grpc_code"], "INTERNAL");
+    assert_eq!(env["attempts"], 1, "{env}");
+    assert!(
+        env["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid Message"),
+        "{env}"
+    );
+    assert_eq!(gw.calls(), 1);
+    assert!(results.on("bad/out").is_empty());
+    bridge.stop().await.unwrap();
+}
+
+/// The gateway's connection goes silent (a black-holed route: no reset, no
+/// close) while a call is in flight. HTTP/2 PINGs find it: the connection is
+/// replaced and the message is invoked again on a new one long before its
+/// 30 s deadline, instead of the call waiting it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_connection_is_replaced_before_the_call_deadline() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let proxy = common::tcp::TcpProxy::start(gw.port()).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port());
+    let mut cfg = BridgeConfig::new(broker.port(), &url).route(
+        r#"{name: bh, topic: "bh/in", function: f, republish: {topic: "bh/out"}, timeout: 30s,
+            retry: {backoff: {initial: 50ms, max: 200ms}}}"#,
+    );
+    cfg.gateway_timeout = "30s".into();
+    let yaml = cfg.to_yaml().replace(
+        "  connect_timeout: 1s\n",
+        "  connect_timeout: 1s\n  keep_alive: {interval: 1s, timeout: 1s}\n",
+    );
+    let config = fxbridge::config::Config::parse(&yaml, "bh.yaml", std::path::Path::new("."))
+        .expect("config");
+    let results = Collector::start(broker.port(), &["bh/out"]).await;
+    let bridge = fxbridge::bridge::Bridge::start(config, fxbridge::metrics::Metrics::new())
+        .await
+        .expect("start");
+    common::bridge::wait_ready(&bridge.metrics).await;
+    publish_all(broker.port(), &[msg("bh/in", b"before")]).await;
+    results.wait_for("bh/out", b"before", LONG).await;
+
+    proxy.black_hole();
+    let started = Instant::now();
+    publish_all(broker.port(), &[msg("bh/in", b"silent")]).await;
+    wait_until(LONG, "the call retried", || {
+        bridge.metrics.route("bh").retries.load(Relaxed) >= 1
+    })
+    .await;
+    proxy.heal();
+    results.wait_for("bh/out", b"silent", LONG).await;
+    let took = started.elapsed();
+    let page = bridge.metrics.render();
+    eprintln!(
+        "silent connection replaced: result after {took:?} (call deadline 30 s); gateway connections {:?}",
+        metric(&page, "gateway_connects_total")
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(metric(&page, "gateway_connects_total").unwrap() >= 2);
+    bridge.stop().await.unwrap();
+}
+
+/// A retained message (kept by the broker before the bridge subscribed) and a
+/// restart of the bridge, which subscribes again and gets it replayed:
+/// `retained: process` runs it each time, `skip-on-resubscribe` only the first
+/// time its filter is subscribed, `skip` never. A live message published with
+/// RETAIN while the bridge is subscribed is processed in every mode.
+async fn retained_replays(mode: &str, first: usize, second: usize) {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = BridgeConfig::new(broker.port(), &gw.url()).route(&format!(
+        r#"{{name: rt, topic: "st/+", function: f, retained: {mode}, republish: {{topic: "st-out/{{1}}"}}}}"#
+    ));
+    common::mqtt::publish_retained(broker.port(), &[msg("st/x", b"state")]).await;
+    let results = Collector::start(broker.port(), &["st-out/+"]).await;
+    let states = || {
+        results
+            .on("st-out/x")
+            .iter()
+            .filter(|m| m.payload == b"state")
+            .count()
+    };
+    for (run, want) in [(1, first), (2, second)] {
+        let bridge = start_in_process(&cfg).await;
+        // Messages of one topic run in arrival order: once the fence's result
+        // is out, the replayed state before it was either processed or skipped.
+        let fence = format!("fence-{run}");
+        publish_all(broker.port(), &[msg("st/x", fence.as_bytes())]).await;
+        results.wait_for("st-out/x", fence.as_bytes(), LONG).await;
+        assert_eq!(states(), want, "run {run} with retained: {mode}");
+        bridge.stop().await.unwrap();
+    }
+    // Live, while subscribed: delivered without RETAIN, so always processed.
+    let bridge = start_in_process(&cfg).await;
+    common::mqtt::publish_retained(broker.port(), &[msg("st/x", b"live")]).await;
+    results.wait_for("st-out/x", b"live", LONG).await;
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_processed_on_every_subscription_by_default() {
+    retained_replays("process", 1, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_replayed_on_resubscribe_can_be_skipped() {
+    retained_replays("skip-on-resubscribe", 1, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_can_be_skipped_altogether() {
+    retained_replays("skip", 0, 0).await;
+}

@@ -439,3 +439,66 @@ async fn connection_settings_apply_by_reconnecting_and_process_settings_say_rest
     assert!(bridge.log().contains("apply only when fxbridge restarts"));
     route_works(&s, "b", "rest-applied").await;
 }
+
+/// A reload that would reconnect with a gateway CA file that does not exist
+/// is rejected before anything stops: the running connections stay exactly
+/// as they were (one publisher, one subscriber per session, no second client
+/// under the same id), the bridge keeps working, and the fixed file applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_reload_with_bad_tls_keeps_the_running_connections() {
+    let s = setup().await;
+    let good = s.base.clone().route(&route("a"));
+    let cfg = common::ConfigFile::with(&good.to_yaml());
+    let bridge = BridgeProcess::spawn(cfg.path());
+    bridge.wait_ready(s.admin, WAIT).await;
+    let connects = |client_id: &str| {
+        s.broker
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!(" as {client_id} ")))
+            .count()
+    };
+    let publisher = format!("{}-pub", s.base.client_id);
+    let subscriber = format!("{}.a", s.base.client_id);
+    common::wait_until(WAIT, "the publisher connected", || {
+        connects(&publisher) == 1
+    })
+    .await;
+
+    let bad = good.to_yaml().replace(
+        &format!("  url: {}\n", s.gateway.url()),
+        &format!(
+            "  url: {}\n  tls: {{ca_file: no-such-ca.pem}}\n",
+            s.gateway.url().replace("http://", "https://")
+        ),
+    );
+    assert!(bad.contains("no-such-ca.pem"), "{bad}");
+    cfg.write(&bad);
+    expect_reloads(s.admin, (0, 1), "bad gateway TLS").await;
+    let (_, status) = http_get(s.admin, "/reload").await.expect("/reload");
+    assert!(status.contains("no-such-ca.pem does not exist"), "{status}");
+    route_works(&s, "a", "still-running").await;
+    assert_eq!(
+        connects(&publisher),
+        1,
+        "no second publisher:\n{}",
+        s.broker.log()
+    );
+    assert_eq!(connects(&subscriber), 1, "the subscriber was not restarted");
+    assert!(
+        !s.broker.log().contains("already connected"),
+        "{}",
+        s.broker.log()
+    );
+
+    // The fixed file (a reconnecting change) applies: one new connection each.
+    let mut fixed = good.clone();
+    fixed.gateway_timeout = "9s".into();
+    cfg.write(&fixed.to_yaml());
+    expect_reloads(s.admin, (1, 1), "fixed file").await;
+    route_works(&s, "a", "after-fix").await;
+    assert_eq!(connects(&publisher), 2);
+    assert_eq!(connects(&subscriber), 2);
+    assert!(!s.broker.log().contains("already connected"));
+    drop(bridge);
+}

@@ -193,6 +193,7 @@ pub fn spawn(
         direct_acks: false,
         acks_in_channel: 0,
         write_timeout: spec.write_timeout,
+        went_quiet: false,
     };
     let handle = tokio::spawn(task.run(spec.endpoint, stop_reading.clone(), close.clone()));
     SessionHandle {
@@ -230,6 +231,8 @@ struct Task {
     acks_in_channel: usize,
     /// How long a direct write of acknowledgements may take.
     write_timeout: Duration,
+    /// A retired session that ended because nothing more arrived.
+    went_quiet: bool,
 }
 
 /// What became of a message taken from the connection.
@@ -284,6 +287,7 @@ impl Task {
                         () = close.cancelled() => break None,
                         () = &mut quiet, if retired => {
                             info!(session = %self.name, "retired session is quiet: leaving it");
+                            self.went_quiet = true;
                             break None;
                         }
                         ev = &mut poll => break Some(ev),
@@ -586,8 +590,10 @@ impl Task {
             self.finished(done);
         }
         self.flush_controls(client);
-        if self.retiring && self.session.unsubscribed() {
-            self.record.record(&self.client_id, BTreeSet::new());
+        // A retired session that went quiet holds nothing at the broker.
+        if self.went_quiet {
+            self.record.forget(&self.client_id);
+            self.metrics.remove_session(&self.name);
         }
         self.status.set_connected(false);
         if !self.session.is_connected() {

@@ -69,9 +69,12 @@ pub struct Session {
     wanted: BTreeMap<String, Subscription>,
     /// Filters the broker may hold although nothing wants them any more.
     stale: BTreeSet<String>,
-    /// Filters this client id subscribed before (an earlier run or connection):
-    /// a retained message on them is a replay.
-    subscribed_before: BTreeSet<String>,
+    /// Filters this client id has subscribed (in an earlier run, or earlier
+    /// in this one).
+    seen: BTreeSet<String>,
+    /// Filters whose last SUBSCRIBE was not their first: the retained
+    /// messages the broker sends for it are replays.
+    replayed: BTreeSet<String>,
     outbox: VecDeque<Control>,
     /// True until the wanted filters were subscribed once in this process (the
     /// broker's session may hold an older configuration's filters), and again
@@ -101,7 +104,8 @@ impl Session {
             earlier_limit: max_pending.saturating_mul(2).saturating_add(64),
             wanted,
             stale,
-            subscribed_before: previous,
+            seen: previous,
+            replayed: BTreeSet::new(),
             outbox: VecDeque::new(),
             must_subscribe: true,
             subacks_due: 0,
@@ -125,9 +129,7 @@ impl Session {
         // resubscribe by itself.
         if self.must_subscribe || !session_present {
             let all: Vec<Subscription> = self.wanted.values().cloned().collect();
-            if !all.is_empty() {
-                self.outbox.push_back(Control::Subscribe(all));
-            }
+            self.queue_subscribe(all);
         }
         for f in &self.stale {
             self.outbox.push_back(Control::Unsubscribe(f.clone()));
@@ -248,16 +250,33 @@ impl Session {
             self.stale.remove(&s.filter);
             self.wanted.insert(s.filter.clone(), s.clone());
         }
-        if self.connected && !subs.is_empty() {
-            self.outbox.push_back(Control::Subscribe(subs));
+        if self.connected {
+            self.queue_subscribe(subs);
             self.update_ready();
         }
+    }
+
+    /// Queues a SUBSCRIBE of `subs`, noting for each filter whether the
+    /// retained messages it brings are replays (the filter was subscribed
+    /// before) or new.
+    fn queue_subscribe(&mut self, subs: Vec<Subscription>) {
+        if subs.is_empty() {
+            return;
+        }
+        for s in &subs {
+            if self.seen.insert(s.filter.clone()) {
+                self.replayed.remove(&s.filter);
+            } else {
+                self.replayed.insert(s.filter.clone());
+            }
+        }
+        self.outbox.push_back(Control::Subscribe(subs));
     }
 
     /// The configuration no longer wants `filters`.
     pub fn unsubscribe(&mut self, filters: Vec<String>) {
         for f in filters {
-            if self.wanted.remove(&f).is_some() || self.subscribed_before.contains(&f) {
+            if self.wanted.remove(&f).is_some() || self.seen.contains(&f) {
                 self.stale.insert(f.clone());
                 if self.connected {
                     self.outbox.push_back(Control::Unsubscribe(f));
@@ -291,10 +310,7 @@ impl Session {
     pub fn suback(&mut self) {
         self.subacks_due = self.subacks_due.saturating_sub(1);
         if self.subacks_due == 0 && !self.outbox_has_subscribe() {
-            if self.must_subscribe {
-                self.must_subscribe = false;
-            }
-            self.subscribed_before.extend(self.wanted.keys().cloned());
+            self.must_subscribe = false;
         }
         self.update_ready();
     }
@@ -305,7 +321,8 @@ impl Session {
         self.unsubacks_due = self.unsubacks_due.saturating_sub(1);
         if self.unsubacks_due == 0 && !self.outbox_has_unsubscribe() {
             for f in std::mem::take(&mut self.stale) {
-                self.subscribed_before.remove(&f);
+                self.seen.remove(&f);
+                self.replayed.remove(&f);
             }
         }
     }
@@ -340,10 +357,10 @@ impl Session {
         self.unsubacks_due == 0 && self.stale.is_empty() && !self.outbox_has_unsubscribe()
     }
 
-    /// Whether a retained message on `filter` is a replay of one already seen
-    /// (the filter was subscribed before by this client id).
+    /// Whether a retained message on `filter` is a replay: the filter's last
+    /// SUBSCRIBE was not its first for this client id.
     pub fn subscribed_before(&self, filter: &str) -> bool {
-        self.subscribed_before.contains(filter)
+        self.replayed.contains(filter)
     }
 
     /// The filters the broker may hold for this session: what to record, so a
@@ -445,8 +462,13 @@ mod tests {
             s.recorded_filters(),
             ["a/+".to_string(), "b".to_string()].into()
         );
-        assert!(s.subscribed_before("a/+") && s.subscribed_before("b"));
+        // a/+ was subscribed by an earlier run: its retained messages are
+        // replays; b is new. After the next SUBSCRIBE both are replays.
+        assert!(s.subscribed_before("a/+") && !s.subscribed_before("b"));
         assert!(!s.subscribed_before("old/#"));
+        s.lost();
+        s.connected(false);
+        assert!(s.subscribed_before("a/+") && s.subscribed_before("b"));
     }
 
     #[test]

@@ -102,17 +102,26 @@ impl StateFile {
             .unwrap_or_default()
     }
 
-    /// Records that `session` may hold `filters` (an empty set forgets the
-    /// session) and writes the file if anything changed.
+    /// Records that `session` may hold `filters` (also none: a session being
+    /// retired stays recorded until [`StateFile::forget`]) and writes the file
+    /// if anything changed.
     pub fn record(&self, session: &str, filters: BTreeSet<String>) {
+        self.update(|data| {
+            data.sessions.insert(session.to_string(), filters.clone()) != Some(filters)
+        });
+    }
+
+    /// Forgets `session`: it holds nothing at the broker any more.
+    pub fn forget(&self, session: &str) {
+        self.update(|data| data.sessions.remove(session).is_some());
+    }
+
+    /// Applies `change` (which says whether it changed anything) and writes
+    /// the file if it did.
+    fn update(&self, change: impl FnOnce(&mut Data) -> bool) {
         let snapshot = {
             let mut data = self.lock();
-            let changed = if filters.is_empty() {
-                data.sessions.remove(session).is_some()
-            } else {
-                data.sessions.insert(session.to_string(), filters.clone()) != Some(filters)
-            };
-            if !changed {
+            if !change(&mut data) {
                 return;
             }
             data.clone()
@@ -151,11 +160,16 @@ mod tests {
         let f = StateFile::open(Some(dir.path()), "fx/1", "mqtt://a:1883");
         f.record("fx/1-r1", ["a/+".to_string()].into());
         f.record("fx/1-r2", ["b".to_string()].into());
-        f.record("fx/1-r2", BTreeSet::new());
+        f.record("fx/1-r3", BTreeSet::new());
+        f.forget("fx/1-r2");
         let again = StateFile::open(Some(dir.path()), "fx/1", "mqtt://a:1883");
         assert_eq!(
             again.sessions(),
-            [("fx/1-r1".to_string(), ["a/+".to_string()].into())].into()
+            [
+                ("fx/1-r1".to_string(), ["a/+".to_string()].into()),
+                ("fx/1-r3".to_string(), BTreeSet::new()),
+            ]
+            .into()
         );
         let other = StateFile::open(Some(dir.path()), "fx/1", "mqtt://b:1883");
         assert!(other.sessions().is_empty());

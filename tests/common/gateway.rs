@@ -300,3 +300,84 @@ impl Drop for TestGateway {
         }
     }
 }
+
+/// A gateway that serves `pb.FxGateway` and answers every call with gRPC
+/// status OK and a body that is not a protobuf `Message` (a truncated
+/// varint), counting the calls. Stopped on drop.
+pub struct MalformedGateway {
+    port: u16,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Malformed(Arc<std::sync::atomic::AtomicUsize>);
+
+impl tonic::server::NamedService for Malformed {
+    const NAME: &'static str = "pb.FxGateway";
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Malformed {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<tonic::body::Body>) -> Self::Future {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // One gRPC frame: uncompressed, length 2, then 0xff 0xff (a varint
+        // that never ends), followed by the trailers of a successful call.
+        let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>> = vec![
+            Ok(hyper::body::Frame::data(frame)),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(body))
+            .expect("response");
+        std::future::ready(Ok(response))
+    }
+}
+
+impl MalformedGateway {
+    pub async fn start() -> MalformedGateway {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let port = listener.local_addr().expect("gateway addr").port();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let svc = Malformed(Arc::clone(&calls));
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await;
+        });
+        MalformedGateway { port, calls, task }
+    }
+
+    /// `http://127.0.0.1:<port>`, for `gateway.url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for MalformedGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -11,7 +11,8 @@
 //! - [`mqtt`]: `publish_all` (QoS 1, confirmed by the broker) and [`mqtt::Collector`]
 //!   (subscribes, records every message, waits for N distinct, counts duplicates).
 //! - [`proxy::MqttProxy`]: a TCP proxy that parses MQTT 3.1.1 packets, to see
-//!   PUBLISH/PUBACK order on the wire.
+//!   PUBLISH/PUBACK order on the wire, and can cut every connection.
+//! - [`tcp::TcpProxy`]: a plain TCP proxy that can black-hole its traffic.
 //! - [`bridge`]: [`bridge::BridgeConfig`] (renders bridge.yaml), [`bridge::ConfigFile`]
 //!   (writes it to a temp dir, replacing it atomically: usable for hot-reload tests),
 //!   [`bridge::start_in_process`], and [`bridge::BridgeProcess`] (the real binary:
@@ -47,10 +48,11 @@ pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod proxy;
+pub mod tcp;
 pub mod wait;
 
 pub use bridge::{start_in_process, BridgeConfig, BridgeProcess, ConfigFile};
-pub use gateway::TestGateway;
+pub use gateway::{MalformedGateway, TestGateway};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{publish_all, Collector};
 pub use wait::{free_port, wait_until};

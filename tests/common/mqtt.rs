@@ -18,6 +18,16 @@ pub async fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
 
 /// Like [`publish_all`] at `qos` (1: until every PUBACK; 2: every PUBCOMP).
 pub async fn publish_all_qos(port: u16, msgs: &[(String, Vec<u8>)], qos: QoS) {
+    publish(port, msgs, qos, false).await;
+}
+
+/// Like [`publish_all`], with the RETAIN flag: the broker keeps the last
+/// message of each topic for later subscribers.
+pub async fn publish_retained(port: u16, msgs: &[(String, Vec<u8>)]) {
+    publish(port, msgs, QoS::AtLeastOnce, true).await;
+}
+
+async fn publish(port: u16, msgs: &[(String, Vec<u8>)], qos: QoS, retain: bool) {
     assert!(
         qos != QoS::AtMostOnce,
         "QoS 0 has no confirmation to wait for"
@@ -31,7 +41,7 @@ pub async fn publish_all_qos(port: u16, msgs: &[(String, Vec<u8>)], qos: QoS) {
     let (client, mut eventloop) = AsyncClient::new(opts, msgs.len() + 10);
     for (topic, payload) in msgs {
         client
-            .try_publish(topic.clone(), qos, false, payload.clone())
+            .try_publish(topic.clone(), qos, retain, payload.clone())
             .expect("queue publish");
     }
     let want = msgs.len();
