@@ -425,12 +425,15 @@ impl Prepared {
         let table: Table = builder.build(plans);
         let wanted = table.sessions.clone();
         let router = Arc::new(Router::new(table, Arc::clone(&services)));
+        // Without persistent sessions the broker keeps nothing between
+        // connections: there is nothing to record or to clean up later.
+        let persistent = config.mqtt.persistent_session;
         let record = Arc::new(StateFile::open(
-            config.state_dir.as_deref(),
+            config.state_dir.as_deref().filter(|_| persistent),
             &config.mqtt.client_id,
             &config.mqtt_url,
         ));
-        if config.state_dir.is_none() {
+        if persistent && config.state_dir.is_none() {
             warn!("no state directory (set state_dir): filters removed while fxbridge is down stay subscribed");
         }
         let mut core = Core {

@@ -250,7 +250,12 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(port: u16) -> Result<Publisher> {
-        let (client, mut eventloop) = AsyncClient::new(options("bench-publisher", port), 1000);
+        Self::connect_as(port, "bench-publisher").await
+    }
+
+    /// A publisher with its own client id.
+    pub async fn connect_as(port: u16, client_id: &str) -> Result<Publisher> {
+        let (client, mut eventloop) = AsyncClient::new(options(client_id, port), 1000);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut connack = Some(tx);

@@ -263,12 +263,12 @@ fn localhost(port: u16) -> SocketAddr {
 }
 
 /// A private mosquitto on a free port.
-async fn start_broker(ctx: &Ctx, name: &str) -> Result<(Proc, u16)> {
+async fn start_broker(ctx: &Ctx, name: &str, inflight: u32) -> Result<(Proc, u16)> {
     let port = procs::free_port()?;
     let conf = ctx.logs.join(format!("{name}-mosquitto.conf"));
     let mut text = format!(
         "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-max_queued_messages 0\nmax_inflight_messages 1000\nlog_type error\nlog_type warning\n"
+max_queued_messages 0\nmax_inflight_messages {inflight}\nlog_type error\nlog_type warning\n"
     );
     if ctx.root {
         text.push_str("user root\n");
@@ -441,7 +441,7 @@ fn cpu_sum(pids: &[u32]) -> Duration {
 async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
     let mut o = Outcome::new(s);
     o.load_before = procs::load_avg();
-    let (broker, broker_port) = start_broker(ctx, s.name).await?;
+    let (broker, broker_port) = start_broker(ctx, s.name, s.broker_inflight).await?;
     if let Subject::Idle { routes, plugin } = s.subject {
         return idle_scenario(ctx, s, o, broker_port, routes, plugin).await;
     }
@@ -474,7 +474,14 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
                 plugins_dir: &plugins_dir,
                 cache_dir: &ctx.cache_dir,
             };
-            let yaml = scenarios::bridge_yaml(s.name, routes, plugin, s.qos, &env);
+            if s.stuck.is_some() && !ctx.args.plugins_dir.join("hostile.wasm").exists() {
+                bail!("hostile.wasm missing (bash plugins/build.sh)");
+            }
+            let extras = scenarios::Extras {
+                stuck: s.stuck,
+                mqtt5: s.mqtt5,
+            };
+            let yaml = scenarios::bridge_yaml(s.name, routes, plugin, s.qos, &env, extras);
             let (p, ready) = start_bridge(ctx, s.name, &yaml, admin).await?;
             o.ready_ms = Some(ready.as_secs_f64() * 1e3);
             subject.push(p);
@@ -524,10 +531,19 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
         None
     };
 
+    // A stuck neighbour: messages its plugin cannot finish within 100 ms, at
+    // 20 per second on 8 topics, for as long as the measured load runs.
+    let noise = match s.stuck {
+        Some(stuck) => Some(stuck_noise(broker_port, stuck.payload()).await?),
+        None => None,
+    };
     let cpu0 = cpu_sum(&subject_pids);
     let broker0 = cpu_sum(&[broker_pid]);
     let gw0 = gateway_pid.map(|p| cpu_sum(&[p]));
     let sent = load::publish(&load, &publisher, &collector, ctx.epoch, ctx.stall).await?;
+    if let Some(noise) = noise {
+        noise.abort();
+    }
     collector
         .wait_for(sent.sent, ctx.drain_idle, Duration::from_secs(300))
         .await;
@@ -609,6 +625,27 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
     Ok(o)
 }
 
+/// Publishes the stuck neighbour's messages (`payload` is the hostile
+/// plugin's command) until aborted.
+async fn stuck_noise(port: u16, payload: &'static [u8]) -> Result<tokio::task::JoinHandle<()>> {
+    let publisher = Publisher::connect_as(port, "bench-stuck-noise").await?;
+    Ok(tokio::spawn(async move {
+        let mut next = tokio::time::Instant::now();
+        for i in 0u64.. {
+            next += Duration::from_millis(50);
+            tokio::time::sleep_until(next).await;
+            let topic = format!("{}/{}", scenarios::STUCK_PREFIX, i % 8);
+            if publisher
+                .publish(&topic, QoS::AtLeastOnce, payload.to_vec())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }))
+}
+
 /// `perf record` of `pid` until SIGINT.
 fn start_perf(ctx: &Ctx, name: &str, pid: u32) -> Result<Proc> {
     let data = ctx.args.out.join(format!("perf-{name}.data"));
@@ -655,7 +692,7 @@ async fn idle_scenario(
             plugins_dir: &plugins_dir,
             cache_dir: &cache,
         };
-        let yaml = scenarios::bridge_yaml(s.name, routes, plugin, s.qos, &env);
+        let yaml = scenarios::bridge_yaml(s.name, routes, plugin, s.qos, &env, Default::default());
         let (p, ready) = start_bridge(ctx, &format!("{}-{label}", s.name), &yaml, admin).await?;
         let ms = ready.as_secs_f64() * 1e3;
         if i == 0 {
