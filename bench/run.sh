@@ -29,9 +29,9 @@ done
 
 echo "bench: building ($profile)" >&2
 if [[ "$profile" == release ]]; then
-  cargo build --release --bins
+  cargo build --release --workspace --bins
 else
-  cargo build --bins
+  cargo build --workspace --bins
 fi
 
 # The baseline's venv: pinned requirements, stubs generated from the proto.

@@ -30,7 +30,7 @@ log "building the plugins (Rust, JavaScript, Python) from source"
 bash plugins/build.sh
 
 log "running the tests"
-cargo nextest run --profile ci --no-fail-fast "$@"
+cargo nextest run --workspace --profile ci --no-fail-fast "$@"
 
 log "running every plugin's cases in the production sandbox"
 cargo build --quiet --bin fxbridge

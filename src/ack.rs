@@ -315,10 +315,6 @@ impl AckTracker {
     pub fn len(&self) -> usize {
         self.slots.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -348,7 +344,7 @@ mod tests {
                 (QoS::ExactlyOnce, 3)
             ]
         );
-        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

@@ -193,7 +193,8 @@ async fn check(path: &std::path::Path) -> std::process::ExitCode {
 }
 
 async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
-    use crate::transform::{cases, inspect, PluginHost};
+    use crate::tools::{cases, inspect};
+    use crate::transform::PluginHost;
     let host = PluginHost::new(&crate::config::PluginsConfig::default())?;
     match command {
         PluginCommand::Test { plugin, cases } => {

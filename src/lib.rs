@@ -3,38 +3,56 @@
 //! # Layout
 //! A message's path reads in module order:
 //! - [`config`]: `bridge.yaml`, typed and validated before anything connects.
-//! - [`mqtt`]: the broker connections; [`mqtt::inbound`] receives and acknowledges,
-//!   [`mqtt::outbound`] publishes and waits for the broker's confirmation.
-//! - [`router`]: which routes take a message; per-route workers (concurrency, order).
-//! - [`pipeline`]: one message through one route: pre -> Invoke -> post -> publish.
+//! - [`mqtt`]: the broker connections. [`mqtt::inbound`] receives one
+//!   session's messages and acknowledges them in order, with the protocol
+//!   state in [`mqtt::session`]; [`mqtt::outbound`] publishes, checking sizes
+//!   first, and waits for the broker's confirmation.
+//! - `router`: which routes of the session take a message; per-route workers
+//!   (concurrency, order); the unrouted dead letter.
+//! - `pipeline`: one message through one route: pre -> Invoke -> post ->
+//!   publish, every failure ending in one place (a dead letter, or left for
+//!   redelivery).
 //! - [`transform`]: the WebAssembly plugins run before and after Invoke.
 //! - [`gateway`]: the OpenFx gRPC client (and a stand-in for demos and benchmarks).
-//! - [`deadletter`]: the envelope of a message that cannot be processed.
-//! - [`ack`]: acknowledgements in arrival order, once every route is done.
+//! - `deadletter`: the envelope of a message that cannot be processed.
+//! - `ack`: a delivery's shared fate, and acknowledgements in arrival order.
 //!
-//! Around it: [`bridge`] wires and stops the parts, [`reload`] watches the
-//! config and swaps in a new version, [`broker`] embeds an MQTT
-//! broker, [`tls`] builds TLS client settings, [`topic`] matches filters and renders templates, [`message`] holds
-//! the types that travel between stages, [`metrics`] counts and [`admin`] serves
-//! the counters and health over HTTP.
-pub mod ack;
-pub mod admin;
+//! Around it: [`bridge`] wires, starts and stops the parts; [`reload`] watches
+//! the config and applies a new version; [`metrics`] counts; `admin` serves the
+//! counters and health over HTTP; `broker` embeds an MQTT broker; `tls` builds
+//! TLS client settings; `topic` matches filters and renders templates;
+//! [`message`] holds the types that travel between stages; [`shutdown`] has
+//! the phases of stopping; [`tools`] are the
+//! plugin author's commands; [`cli`] and `demo` are the command line.
+//!
+//! The modules a program embedding fxbridge (or its tests) needs are public;
+//! the stages in between are private. The entry points:
+//! [`run`] (what `fxbridge run` does: run from a file, reloading it on change),
+//! and [`Bridge`] (start and stop a bridge from a [`Config`]).
+
+mod ack;
+mod admin;
 pub mod bridge;
-pub mod broker;
+mod broker;
 pub mod cli;
 pub mod config;
-pub mod deadletter;
-pub mod demo;
+mod deadletter;
+mod demo;
 pub mod gateway;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;
-pub mod pipeline;
+mod pipeline;
 pub mod proto;
 pub mod reload;
-pub mod router;
-pub mod tls;
-pub mod topic;
+mod router;
+pub mod shutdown;
+mod tls;
+pub mod tools;
+mod topic;
 pub mod transform;
 
-pub use bridge::run;
+pub use bridge::Bridge;
+pub use config::Config;
+pub use metrics::Metrics;
+pub use reload::run;

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::ack::RouteDone;
@@ -27,6 +26,7 @@ use crate::gateway::{Gateway, InvokeError};
 use crate::message::{Message, OutMessage, PreDecision};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::mqtt::outbound::{PublishError, Publisher};
+use crate::shutdown::Shutdown;
 use crate::topic::{check_publish_topic, Template, TemplateContext};
 use crate::transform::{HookMessage, RouteTransform};
 
@@ -35,11 +35,10 @@ pub struct Services {
     pub gateway: Gateway,
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
-    /// Fires when the bridge stops reading; retries against an unreachable
-    /// gateway then give up (the message stays with the broker).
-    pub stopping: CancellationToken,
-    /// Fires at the drain deadline: workers drop their jobs unfinished.
-    pub cancel: CancellationToken,
+    /// The core's shutdown: once reading stopped, retries against an
+    /// unreachable gateway give up (the message stays with the broker); at the
+    /// deadline, workers drop their jobs unfinished.
+    pub shutdown: Shutdown,
     pub max_payload: usize,
     pub default_timeout: Duration,
     pub protocol: Protocol,
@@ -245,7 +244,7 @@ async fn invoke(
         // Only a gateway that could not be reached at all is waited for; a
         // call lost after its request went out counts as an attempt.
         let waiting = error.unreachable() && retry.wait_while_unavailable;
-        if waiting && svc.stopping.is_cancelled() {
+        if waiting && svc.shutdown.is_reading_stopped() {
             return Err(Fate::Abandon);
         }
         if !waiting {
@@ -274,7 +273,7 @@ async fn invoke(
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = svc.stopping.cancelled(), if waiting => return Err(Fate::Abandon),
+            () = svc.shutdown.reading_stopped(), if waiting => return Err(Fate::Abandon),
         }
     }
 }

@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::bridge::{file_digest, load_routes, Bridge, Core, Plugins};
+use crate::bridge::{file_digest, load_routes, Bridge, Core, Plugins, ReloadPlan};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::RouteCtx;
@@ -188,12 +188,23 @@ async fn reload_with(
     digests: &HashMap<PathBuf, String>,
 ) -> Result<String> {
     let new = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-    let core = bridge
-        .core
-        .as_mut()
-        .ok_or_else(|| anyhow!("the bridge is stopping"))?;
-    let old = core.config();
+    let plan = plan(bridge, new, digests).await?;
+    Ok(bridge.apply(plan).await)
+}
 
+/// What `new` changes in the running `bridge`, with everything it needs built
+/// and checked: new and changed routes loaded (plugins compiled, instantiated,
+/// configured), unchanged ones reused, and, when connection settings changed,
+/// the new core's settings prepared. Nothing running is touched; an error
+/// here leaves the bridge as it was.
+pub async fn plan(
+    bridge: &Bridge,
+    new: Config,
+    digests: &HashMap<PathBuf, String>,
+) -> Result<ReloadPlan> {
+    let old = bridge
+        .config()
+        .ok_or_else(|| anyhow!("the bridge is stopping"))?;
     let mut needs_restart = Vec::new();
     if new.broker != old.broker {
         needs_restart.push("broker");
@@ -215,7 +226,7 @@ async fn reload_with(
     let plugins = if new_host {
         Plugins::new(&new.plugins)
     } else {
-        Arc::clone(&bridge.plugins)
+        bridge.plugins()
     };
     // Build every new or changed route; reuse the unchanged ones as they run.
     let reusable = |route: &crate::config::Route| -> Option<Arc<RouteCtx>> {
@@ -226,47 +237,24 @@ async fn reload_with(
             Some(p) => Some(digests.get(p)?.as_str()),
             None => None,
         };
-        core.reusable(route, digest)
+        bridge.reusable(route, digest)
     };
     let routes = load_routes(&new, &bridge.metrics, &plugins, reusable).await?;
-
-    let mut summary = if reconnect {
-        // Everything that can fail is built before the running core is touched.
-        let prepared = Core::prepare(new.clone(), &bridge.metrics)
-            .context("the new connection settings cannot be used")?;
-        info!("connection settings changed: draining, then reconnecting with the new ones");
-        if let Some(core) = bridge.core.take() {
-            core.stop().await;
-        }
-        bridge.core = Some(prepared.start(&bridge.metrics, routes));
-        if new_host {
-            bridge.plugins = plugins;
-        }
-        format!(
-            "reconnected with new connection settings; {} routes",
-            new.routes.len()
+    let reconnect = if reconnect {
+        Some(
+            Core::prepare(new.clone(), &bridge.metrics)
+                .context("the new connection settings cannot be used")?,
         )
     } else {
-        let changes = core.swap_routes(routes).await;
-        core.set_config(new);
-        format!(
-            "routes added {:?}, changed {:?}, removed {:?}, unchanged {}; subscribed {:?}, unsubscribed {:?}; sessions started {:?}, retired {:?}",
-            changes.added,
-            changes.changed,
-            changes.removed,
-            changes.kept.len(),
-            changes.subscribed,
-            changes.unsubscribed,
-            changes.sessions_started,
-            changes.sessions_retired
-        )
+        None
     };
-    if !needs_restart.is_empty() {
-        let which = needs_restart.join(", ");
-        warn!(settings = %which, "these settings changed but apply only when fxbridge restarts");
-        summary.push_str(&format!("; needs a restart to apply: {which}"));
-    }
-    Ok(summary)
+    Ok(ReloadPlan {
+        config: new,
+        routes,
+        reconnect,
+        plugins: new_host.then_some(plugins),
+        needs_restart,
+    })
 }
 
 /// Runs the bridge from the config file at `path`, reloading it on change or

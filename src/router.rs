@@ -25,7 +25,10 @@
 //! parallel; with `ordering: none` up to `max_in_flight` messages run at once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -36,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::error;
 
 use crate::ack::Completion;
-use crate::config::{Ordering, Protocol, Retained};
+use crate::config::{Order, Protocol, Retained};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::mqtt::inbound::{Closed, Delivery, Dispatch};
@@ -212,7 +215,7 @@ impl Router {
     /// worker's queue. Returns what to wait for: every worker of the last table
     /// and the unrouted worker, each done once its jobs are.
     pub fn close(&self, empty: Table) -> Vec<watch::Receiver<bool>> {
-        self.closed.store(true, AtomicOrdering::Release);
+        self.closed.store(true, Release);
         let old = self.swap(empty);
         let mut finished: Vec<_> = old.routes.iter().map(|r| r.finished.clone()).collect();
         finished.push(self.unrouted_finished.clone());
@@ -230,7 +233,7 @@ impl Dispatch for Router {
         delivery: &Delivery<'_>,
         completion: &Completion,
     ) -> Result<usize, Closed> {
-        if self.closed.load(AtomicOrdering::Acquire) {
+        if self.closed.load(Acquire) {
             return Err(Closed);
         }
         let table = self.table.load();
@@ -321,7 +324,7 @@ async fn unrouted_worker(
             break;
         }
         tokio::select! {
-            () = services.cancel.cancelled() => break,
+            () = services.shutdown.deadline_passed() => break,
             job = rx.recv(), if open && running.len() < UNROUTED_IN_FLIGHT => match job {
                 Some(job) => running.push(pipeline::unrouted(&services, job)),
                 None => open = false,
@@ -346,7 +349,7 @@ async fn worker(
         let _ = before.wait_for(|done| *done).await;
     }
     let limit = ctx.route.config.max_in_flight;
-    let per_topic = ctx.route.config.ordering == Ordering::PerTopic;
+    let per_topic = ctx.route.config.ordering == Order::PerTopic;
     let mut queue = Queue::default();
     // The route's jobs run inside this task rather than one task each: no spawn
     // and no cross-task wake per message (measured: about 5% CPU per message).
@@ -376,7 +379,7 @@ async fn worker(
         tokio::select! {
             // Past the drain deadline: dropping `running` aborts the jobs, whose
             // messages stay unacknowledged.
-            () = services.cancel.cancelled() => break,
+            () = services.shutdown.deadline_passed() => break,
             job = rx.recv(), if open => match job {
                 Some(job) => {
                     let key = per_topic.then(|| job.msg.topic.clone());

@@ -3,17 +3,17 @@
 //! message before and after Invoke, and a hostile message is dead-lettered with
 //! its plugin failure kind while the route keeps working.
 
-mod transform_common;
+mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
+use common::dist;
 use fxbridge::bridge::Bridge;
 use fxbridge::config::Config;
 use fxbridge::gateway::standin::{self, Echo};
 use fxbridge::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
-use transform_common::dist;
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -39,7 +39,7 @@ async fn plugins_run_in_the_bridge_and_failures_are_dead_lettered() {
         )
         .await
     });
-    let cache = transform_common::shared_cache_dir();
+    let cache = common::plugins::shared_cache_dir();
     let yaml = format!(
         r#"
 broker:

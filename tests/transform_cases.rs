@@ -1,13 +1,14 @@
 //! Every plugin's `cases.yaml` passes under `fxbridge plugin test`, both through
 //! the library (`cases::run_file`) and through the binary (exit code, output).
 
-mod transform_common;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use fxbridge::transform::cases;
-use transform_common::{dist, host};
+use common::dist;
+use common::plugins::host;
+use fxbridge::tools::cases;
 
 const PLUGINS: &[&str] = &[
     "noop",

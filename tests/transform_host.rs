@@ -3,15 +3,16 @@
 //! instances, concurrency, one-hook worlds, config failures, fuel, the compile
 //! cache, and load errors.
 
-mod transform_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dist;
+use common::plugins::{host, limits, transform, Msg};
 use fxbridge::config::{PluginsConfig, TransformLimits};
 use fxbridge::message::PreDecision;
 use fxbridge::transform::{PluginHost, RouteTransform, TransformError};
-use transform_common::{dist, host, limits, transform, Msg};
 
 /// The pre hook's input as text, or a description of what happened instead.
 async fn before(t: &RouteTransform, payload: &str) -> Result<String, TransformError> {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use self::errors::{ConfigError, ConfigErrors};
 pub use self::schema::{
-    AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, MqttConfig, Ordering,
+    AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, MqttConfig, Order,
     PluginsConfig, RepublishConfig, Retained, RetryConfig, RouteConfig, ShutdownConfig,
     TransformConfig, TransformLimits, UnroutedConfig,
 };
@@ -413,7 +413,7 @@ routes:
         let cfg = Config::parse(GOOD, "bridge.yaml", Path::new(".")).unwrap();
         let r = &cfg.routes[0];
         assert_eq!(r.config.qos, QoS::AtLeastOnce);
-        assert_eq!(r.config.ordering, Ordering::PerTopic);
+        assert_eq!(r.config.ordering, Order::PerTopic);
         assert_eq!(r.dead_letter.as_str(), "fxbridge/dead-letter/{route}");
         assert!(cfg.mqtt.persistent_session);
         assert_eq!(cfg.gateway.timeout, Duration::from_secs(10));

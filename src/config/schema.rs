@@ -235,7 +235,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub republish: Option<RepublishConfig>,
     #[serde(default)]
-    pub ordering: Ordering,
+    pub ordering: Order,
     /// Messages of this route in progress at once (queued behind a busy topic
     /// included).
     #[serde(default = "default_route_in_flight")]
@@ -291,7 +291,7 @@ pub struct RepublishConfig {
 /// Order in which a route processes messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Ordering {
+pub enum Order {
     /// Messages of one topic one after another, in arrival order; different
     /// topics in parallel.
     #[default]

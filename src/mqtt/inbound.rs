@@ -23,7 +23,7 @@
 //! through the channel, so an idle connection's poll wakes up and the rest
 //! follow at once, in order.
 //!
-//! Stopping: once `stop_reading` fires, the task hands nothing more to the
+//! Stopping: once its [`Shutdown`] stops reading, the task hands nothing more to the
 //! router; a message that arrives, or that was waiting for room, is left
 //! unacknowledged for the broker to redeliver in the next session. The task
 //! then says so (`reading_stopped`), and only after that may the bridge close
@@ -40,7 +40,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::session::{Control, Session};
@@ -50,6 +49,7 @@ use crate::ack::{Completion, Finished};
 use crate::config::Backoff;
 use crate::message::Message;
 use crate::metrics::{Metrics, SessionStatus};
+use crate::shutdown::Shutdown;
 
 /// A retiring session ends after this long without a message.
 pub const QUIET: Duration = Duration::from_secs(2);
@@ -100,9 +100,9 @@ pub enum Command {
 pub struct SessionHandle {
     pub name: String,
     commands: mpsc::UnboundedSender<Command>,
-    stop_reading: CancellationToken,
+    /// This session's own shutdown (a child of the core's).
+    shutdown: Shutdown,
     reading_stopped: watch::Receiver<bool>,
-    close: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -123,17 +123,22 @@ impl SessionHandle {
         let _ = self.commands.send(Command::Retire);
     }
 
-    /// Stops handing messages to the router; completes once the task has
-    /// stopped doing so (or has ended).
-    pub async fn stop_reading(&mut self) {
-        self.stop_reading.cancel();
+    /// Completes once the task hands no more messages to the router (after
+    /// its shutdown's first phase), or has ended.
+    pub async fn reading_stopped(&mut self) {
         let _ = self.reading_stopped.wait_for(|stopped| *stopped).await;
     }
 
-    /// Sends the acknowledgements due and disconnects (keeping the session).
-    pub async fn close(self) {
-        self.close.cancel();
+    /// Completes once the task has ended (after its shutdown's close phase:
+    /// the acknowledgements due sent, disconnected, the session kept).
+    pub async fn closed(self) {
         let _ = self.task.await;
+    }
+
+    /// Closes this session alone, and waits for it.
+    pub async fn close(self) {
+        self.shutdown.close();
+        self.closed().await;
     }
 
     /// Whether the task has ended (a retired session that went quiet).
@@ -155,6 +160,8 @@ pub struct SessionSpec {
     /// How long writing acknowledgements may take before the connection is
     /// given up (`mqtt.connect_timeout`).
     pub write_timeout: Duration,
+    /// The session's shutdown: a child of the core's, so it stops with it.
+    pub shutdown: Shutdown,
 }
 
 /// Starts the task of one session.
@@ -167,8 +174,7 @@ pub fn spawn(
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (stopped_tx, reading_stopped) = watch::channel(false);
-    let stop_reading = CancellationToken::new();
-    let close = CancellationToken::new();
+    let shutdown = spec.shutdown.clone();
     let client_id = spec.endpoint.client_id().to_string();
     let previous = record.filters(&client_id);
     let status = metrics.session(&spec.name, !spec.retire);
@@ -195,13 +201,12 @@ pub fn spawn(
         write_timeout: spec.write_timeout,
         went_quiet: false,
     };
-    let handle = tokio::spawn(task.run(spec.endpoint, stop_reading.clone(), close.clone()));
+    let handle = tokio::spawn(task.run(spec.endpoint, shutdown.clone()));
     SessionHandle {
         name: spec.name,
         commands: commands_tx,
-        stop_reading,
+        shutdown,
         reading_stopped,
-        close,
         task: handle,
     }
 }
@@ -222,7 +227,7 @@ struct Task {
     /// What was last written to the record for this session.
     recorded: BTreeSet<String>,
     retiring: bool,
-    /// False once `stop_reading` fired: nothing more goes to the router.
+    /// False once reading stopped: nothing more goes to the router.
     reading: bool,
     reading_stopped: watch::Sender<bool>,
     /// The connection writes acknowledgements itself (MQTT 3.1.1).
@@ -243,12 +248,7 @@ enum Taken {
 }
 
 impl Task {
-    async fn run(
-        mut self,
-        endpoint: Endpoint,
-        stop_reading: CancellationToken,
-        close: CancellationToken,
-    ) {
+    async fn run(mut self, endpoint: Endpoint, shutdown: Shutdown) {
         let (client, mut conn) = endpoint.open(CHANNEL_CAPACITY);
         self.direct_acks = conn.writes_acks();
         self.write_record();
@@ -258,7 +258,7 @@ impl Task {
         loop {
             if let Err(e) = self.write_acks(&mut conn).await {
                 conn.reset();
-                if !self.connection_failed(&e, &stop_reading, &close).await {
+                if !self.connection_failed(&e, &shutdown).await {
                     self.close(&client, &mut conn).await;
                     return;
                 }
@@ -283,8 +283,8 @@ impl Task {
                             self.command(cmd);
                             self.flush_controls(&client);
                         }
-                        () = stop_reading.cancelled(), if self.reading => self.stop(),
-                        () = close.cancelled() => break None,
+                        () = shutdown.reading_stopped(), if self.reading => self.stop(),
+                        () = shutdown.closing() => break None,
                         () = &mut quiet, if retired => {
                             info!(session = %self.name, "retired session is quiet: leaving it");
                             self.went_quiet = true;
@@ -314,9 +314,7 @@ impl Task {
                         debug!(topic = %received.msg.topic, "stopping: left for the next session");
                         continue;
                     }
-                    if let Taken::Closing = self
-                        .take(received, &client, &mut conn, &stop_reading, &close)
-                        .await
+                    if let Taken::Closing = self.take(received, &client, &mut conn, &shutdown).await
                     {
                         self.close(&client, &mut conn).await;
                         return;
@@ -344,7 +342,7 @@ impl Task {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if !self.connection_failed(&e, &stop_reading, &close).await {
+                    if !self.connection_failed(&e, &shutdown).await {
                         self.close(&client, &mut conn).await;
                         return;
                     }
@@ -355,12 +353,7 @@ impl Task {
 
     /// The connection failed: acknowledgements of it are void. Waits before
     /// the next attempt; false if `close` fired meanwhile.
-    async fn connection_failed(
-        &mut self,
-        error: &str,
-        stop_reading: &CancellationToken,
-        close: &CancellationToken,
-    ) -> bool {
+    async fn connection_failed(&mut self, error: &str, shutdown: &Shutdown) -> bool {
         self.acks_in_channel = 0;
         if self.session.is_connected() {
             let lost = self.session.lost();
@@ -370,7 +363,7 @@ impl Task {
             warn!(session = %self.name, %error, "cannot reach the broker");
         }
         let delay = self.reconnect.next_delay();
-        self.wait(delay, stop_reading, close).await
+        self.wait(delay, shutdown).await
     }
 
     /// Writes the acknowledgements at the front of the outbox straight to the
@@ -393,7 +386,7 @@ impl Task {
         Ok(())
     }
 
-    /// `stop_reading` fired: nothing more goes to the router.
+    /// Reading stopped: nothing more goes to the router.
     fn stop(&mut self) {
         self.reading = false;
         let _ = self.reading_stopped.send(true);
@@ -405,8 +398,7 @@ impl Task {
         received: Received,
         client: &Client,
         conn: &mut Connection,
-        stop_reading: &CancellationToken,
-        close: &CancellationToken,
+        shutdown: &Shutdown,
     ) -> Taken {
         let Received {
             msg,
@@ -447,13 +439,13 @@ impl Task {
                     self.command(cmd);
                     self.flush_controls(client);
                 }
-                () = stop_reading.cancelled(), if self.reading => {
+                () = shutdown.reading_stopped(), if self.reading => {
                     // Not admitted: the broker redelivers it next session.
                     self.stop();
                     debug!(topic = %msg.topic, "stopping: left for the next session");
                     return Taken::Handled;
                 }
-                () = close.cancelled() => return Taken::Closing,
+                () = shutdown.closing() => return Taken::Closing,
                 p = Arc::clone(&self.pending).acquire_owned() => match p {
                     Ok(p) => break p,
                     Err(_) => return Taken::Closing,
@@ -563,12 +555,7 @@ impl Task {
     }
 
     /// Sleeps before reconnecting while still taking in finished deliveries.
-    async fn wait(
-        &mut self,
-        delay: Duration,
-        stop_reading: &CancellationToken,
-        close: &CancellationToken,
-    ) -> bool {
+    async fn wait(&mut self, delay: Duration, shutdown: &Shutdown) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -576,8 +563,8 @@ impl Task {
                 biased;
                 Some(done) = self.done_rx.recv() => self.finished(done),
                 Some(cmd) = self.commands.recv() => self.command(cmd),
-                () = stop_reading.cancelled(), if self.reading => self.stop(),
-                () = close.cancelled() => return false,
+                () = shutdown.reading_stopped(), if self.reading => self.stop(),
+                () = shutdown.closing() => return false,
                 () = &mut sleep => return true,
             }
         }

@@ -3,18 +3,19 @@
 //! (on disk, keyed by the component's sha256 and the engine; in memory,
 //! keyed by sha256, so one file used by several routes compiles once).
 //!
-//! Pooling allocator limits (fixed, see [`PoolLimits`]): up to 512 component
-//! instances at once, each linear memory at most [`MAX_MEMORY`] (a route's
-//! `limits.memory` above that is refused at load), with a reservation of the
-//! same size, so the pool reserves about 512 × (512 MiB + guard) of *virtual*
-//! address space and commits only what instances touch.
+//! Pooling allocator limits (fixed, see [`super::sandbox`]): up to 512
+//! component instances at once, each linear memory at most
+//! [`MAX_MEMORY`] (a route's `limits.memory` above that is refused at load),
+//! with a reservation of the same size, so the pool reserves about
+//! 512 × (512 MiB + guard) of *virtual* address space and commits only what
+//! instances touch.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -23,34 +24,13 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings;
 use super::plugin::Plugin;
+use super::sandbox::{hex, wt, EPOCH_TICK, MAX_MEMORY, POOL, TABLE_ELEMENTS};
 use super::state::HostState;
 use crate::config::PluginsConfig;
 
-/// How often the epoch advances; deadlines are checked at this granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
-/// Largest linear memory any instance may have (the pool's slot size).
-pub const MAX_MEMORY: u64 = 512 << 20;
-/// Largest table (elements) an instance may have; CPython needs many.
-pub const TABLE_ELEMENTS: usize = 100_000;
-
-/// The pooling allocator's fixed limits.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolLimits {
-    pub component_instances: u32,
-    pub core_instances: u32,
-    pub memories: u32,
-    pub tables: u32,
-    pub stacks: u32,
-}
-
-/// The limits used by [`PluginHost::new`].
-pub const POOL: PoolLimits = PoolLimits {
-    component_instances: 512,
-    core_instances: 4096,
-    memories: 512,
-    tables: 2048,
-    stacks: 512,
-};
+/// The wasmtime version this binary links, from Cargo.lock at build time
+/// (`build.rs`): compiled code is only valid for the engine that made it.
+const WASMTIME_VERSION: &str = env!("FXBRIDGE_WASMTIME_VERSION");
 
 /// Compile-cache statistics of a host.
 #[derive(Debug, Default)]
@@ -93,11 +73,6 @@ impl std::fmt::Debug for PluginHost {
             .field("engine_key", &self.engine_key)
             .finish_non_exhaustive()
     }
-}
-
-/// `wasmtime::Error` to `anyhow::Error`, keeping the whole chain as text.
-pub(crate) fn wt(e: wasmtime::Error) -> anyhow::Error {
-    anyhow!("{e:?}")
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/fxbridge` or `~/.cache/fxbridge`.
@@ -159,7 +134,7 @@ impl PluginHost {
         let engine_key = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut h);
-            format!("wasmtime{}-{:016x}", wasmtime_version(), h.finish())
+            format!("wasmtime{}-{:016x}", WASMTIME_VERSION, h.finish())
         };
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -238,7 +213,15 @@ impl PluginHost {
         }
         let started = Instant::now();
         let (component, from_cache) = self.compile(path, &bytes, &sha)?;
-        let plugin = Plugin::link(self, path, component, sha, started.elapsed(), from_cache)?;
+        let plugin = Plugin::link(
+            &self.engine,
+            &self.linker,
+            path,
+            component,
+            sha,
+            started.elapsed(),
+            from_cache,
+        )?;
         let plugin = Arc::new(plugin);
         loaded.insert(sha, Arc::clone(&plugin));
         Ok(plugin)
@@ -319,22 +302,7 @@ impl Drop for PluginHost {
     }
 }
 
-fn wasmtime_version() -> &'static str {
-    // The crate version of wasmtime this binary links (Cargo.toml pins 48).
-    "48"
-}
-
 /// A component's binary starts with the magic and a layer of 1 (core modules: 0).
 fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

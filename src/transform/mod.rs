@@ -34,21 +34,19 @@
 //! with a deadline of at least [`MIN_SETUP_TIMEOUT`].
 
 mod bindings;
-pub mod cases;
 mod host;
-pub mod inspect;
 mod plugin;
 mod route;
+mod sandbox;
 mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use host::{
-    default_cache_dir, CacheSnapshot, PluginHost, PoolLimits, EPOCH_TICK, MAX_MEMORY, POOL,
-};
+pub use host::{default_cache_dir, CacheSnapshot, PluginHost};
 pub use plugin::{Plugin, WIT_PACKAGE, WIT_VERSION};
 pub use route::{RouteTransform, MIN_SETUP_TIMEOUT};
+pub use sandbox::{PoolLimits, EPOCH_TICK, MAX_MEMORY, POOL};
 
 use crate::message::QoS;
 

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::{after_invoke, before_invoke, setup};
-use super::host::{hex, wt, PluginHost};
+use super::sandbox::{hex, wt};
 use super::state::HostState;
 
 /// The interface names of the contract, at the version this host implements.
@@ -51,7 +51,8 @@ impl std::fmt::Debug for Plugin {
 
 impl Plugin {
     pub(crate) fn link(
-        host: &PluginHost,
+        engine: &wasmtime::Engine,
+        linker: &wasmtime::component::Linker<HostState>,
         path: &Path,
         component: Component,
         sha256: [u8; 32],
@@ -60,11 +61,11 @@ impl Plugin {
     ) -> Result<Plugin> {
         let ty = component.component_type();
         let imports: Vec<String> = ty
-            .imports(&host.engine)
+            .imports(engine)
             .map(|(name, _)| name.to_string())
             .collect();
         let export_names: Vec<String> = ty
-            .exports(&host.engine)
+            .exports(engine)
             .map(|(name, _)| name.to_string())
             .collect();
         let ours: Vec<&String> = export_names
@@ -89,8 +90,7 @@ impl Plugin {
                 path.display()
             );
         }
-        let pre = host
-            .linker
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(wt)
             .with_context(|| {

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{after_invoke, before_invoke, Invocation, Message, Outgoing, PreAction, Qos};
-use super::host::{PluginHost, MAX_MEMORY};
+use super::host::PluginHost;
 use super::plugin::Plugin;
+use super::sandbox::MAX_MEMORY;
 use super::state::HostState;
 use super::{Counters, CountersSnapshot, HookMessage, TransformError};
 use crate::config::{Route, TransformLimits};

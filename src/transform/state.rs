@@ -182,7 +182,7 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= super::host::TABLE_ELEMENTS)
+        Ok(desired <= super::sandbox::TABLE_ELEMENTS)
     }
 }
 

@@ -18,6 +18,7 @@
 //!   [`bridge::start_in_process`], and [`bridge::BridgeProcess`] (the real binary:
 //!   SIGKILL, SIGTERM, log lines, admin endpoint).
 //! - [`wait`]: [`wait::wait_until`] (bounded polling) and [`wait::free_port`].
+//! - [`plugins`]: the built plugins, one shared plugin host, hook messages.
 //!
 //! A typical test against the binary (hot-reload tests rewrite the file while it runs):
 //!
@@ -47,6 +48,7 @@ pub mod bridge;
 pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod plugins;
 pub mod proxy;
 pub mod tcp;
 pub mod wait;
@@ -57,16 +59,24 @@ pub use mosquitto::Mosquitto;
 pub use mqtt::{publish_all, Collector};
 pub use wait::{free_port, wait_until};
 
-/// A built plugin in `plugins/dist`; fails the test, saying how to build it,
-/// when it is missing.
+/// A built plugin in `plugins/dist` (`name` with or without `.wasm`; the
+/// folder can be moved with `FXBRIDGE_PLUGINS_DIST`). Fails, never skips, when
+/// it is missing, saying how to build it.
 pub fn dist(name: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/dist")
-        .join(name);
+    let dir = std::env::var_os("FXBRIDGE_PLUGINS_DIST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist"));
+    let file = if name.ends_with(".wasm") {
+        name.to_string()
+    } else {
+        format!("{name}.wasm")
+    };
+    let path = dir.join(file);
     assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        p.display()
+        path.is_file(),
+        "{} is missing: build the plugins first with `bash plugins/build.sh` \
+         (or point FXBRIDGE_PLUGINS_DIST at a folder with the built .wasm files)",
+        path.display()
     );
-    p
+    path
 }

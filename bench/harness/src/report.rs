@@ -286,7 +286,7 @@ pub fn render(all: &[Outcome], args: &Args, took: Duration) -> String {
             o.load_after
         );
     }
-    let _ = writeln!(s, "\n## Targets (issue #5)\n");
+    let _ = writeln!(s, "\n## Targets\n");
     let _ = writeln!(s, "| target | verdict | measured |");
     let _ = writeln!(s, "|---|---|---|");
     for (t, v, f) in targets(all) {

@@ -1,41 +1,19 @@
-//! Wiring: builds every part from a [`Config`], runs them, swaps routes on a
-//! reload, and stops them in order.
-//!
-//! Two layers. The process layer ([`Bridge`]) owns what lives as long as the
-//! process: the metrics, the admin endpoint, the embedded broker and the
-//! WebAssembly engine. The core ([`Core`]) owns what one connection setting
-//! needs: the publisher, one subscriber per session, the gateway channel, the
-//! router and its route workers. A reload that changes only routes swaps the
-//! routing table inside the running core ([`Core::swap_routes`]); one that
-//! changes the connection settings (`mqtt`, `gateway`, `shutdown`, `plugins`,
-//! `unrouted`, `state_dir`) builds the new core's settings first
-//! ([`Core::prepare`], which can fail and changes nothing), then drains the old
-//! core and starts the new one ([`Prepared::start`], which cannot fail).
-//!
-//! Start: embedded broker (if configured) -> publisher connection -> gateway
-//! channel -> plugins -> route workers -> one subscriber per session (each
-//! subscribes once connected), and a retiring subscriber for every session an
-//! earlier run left at the broker. Stop (SIGTERM/SIGINT, the caller's shutdown
-//! future, or a reconnecting reload): every subscriber stops handing messages
-//! to the router and says so; only then are the routes closed, so no message
-//! is routed against a table being torn down. In-flight messages finish and
-//! are acknowledged, for up to `shutdown.drain_timeout`; what is left is
-//! cancelled (it stays unacknowledged, so the broker redelivers it); the
-//! subscribers send their last acks and DISCONNECT, keeping their sessions.
+//! The core: what one set of connection settings needs (the publisher, one
+//! subscriber per session, the gateway channel, the router and its route
+//! workers). [`Core::prepare`] builds everything that can fail without
+//! starting anything; [`Prepared::start`] starts it and cannot fail;
+//! [`Core::swap_routes`] applies a route-only reload; [`Core::stop`] stops in
+//! order (see the module above for the order and why).
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, PluginsConfig, Route};
+use crate::config::{Config, Route};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::mqtt::inbound::{self, Dispatch, SessionHandle, SessionSpec};
@@ -44,99 +22,10 @@ use crate::mqtt::state_file::StateFile;
 use crate::mqtt::{Endpoint, Subscription};
 use crate::pipeline::{RouteCtx, Services};
 use crate::router::{Plan, Router, Table, TableBuilder};
-use crate::transform::{PluginHost, RouteTransform};
+use crate::shutdown::Shutdown;
 
 /// Publishes that may wait in the publisher's queue to rumqttc.
 const PUBLISH_QUEUE: usize = 1024;
-
-/// sha256 of a file, hex.
-pub fn file_digest(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
-}
-
-/// The WebAssembly engine of the process, created when a route first needs
-/// one (a bridge without plugins never pays for it).
-pub struct Plugins {
-    config: PluginsConfig,
-    host: OnceLock<Arc<PluginHost>>,
-}
-
-impl Plugins {
-    pub fn new(config: &PluginsConfig) -> Arc<Plugins> {
-        Arc::new(Plugins {
-            config: config.clone(),
-            host: OnceLock::new(),
-        })
-    }
-
-    /// The engine, started on first use.
-    pub fn host(&self) -> Result<Arc<PluginHost>> {
-        if let Some(h) = self.host.get() {
-            return Ok(Arc::clone(h));
-        }
-        let h = PluginHost::new(&self.config).context("cannot start the WebAssembly host")?;
-        Ok(Arc::clone(self.host.get_or_init(|| h)))
-    }
-}
-
-/// Loads the plugin of `route` (if any), configures its first instance, and
-/// assembles the route's context.
-pub async fn route_ctx(
-    route: &Route,
-    metrics: &Metrics,
-    plugins: &Plugins,
-) -> Result<Arc<RouteCtx>> {
-    let route_metrics = metrics.route(route.name());
-    let (transform, plugin_digest) = match &route.component_path {
-        // The plugin hashes the bytes it compiled: no second read of the file.
-        Some(_) => {
-            let t = RouteTransform::for_route_with_counters(
-                &plugins.host()?,
-                route,
-                Arc::clone(&route_metrics.plugin),
-            )
-            .await?;
-            let digest = t.plugin().sha256_hex();
-            (Some(t), Some(digest))
-        }
-        None => (None, None),
-    };
-    Ok(Arc::new(RouteCtx {
-        route: route.clone(),
-        transform,
-        plugin_digest,
-        metrics: route_metrics,
-    }))
-}
-
-/// Loads every route of `config` with its plugin, off the hot path, reporting
-/// every route that fails (not just the first). `reuse` may supply a route's
-/// context from a running version, in which case nothing is loaded for it.
-pub async fn load_routes(
-    config: &Config,
-    metrics: &Metrics,
-    plugins: &Plugins,
-    mut reuse: impl FnMut(&Route) -> Option<Arc<RouteCtx>>,
-) -> Result<Vec<Arc<RouteCtx>>> {
-    let mut out = Vec::with_capacity(config.routes.len());
-    let mut problems = Vec::new();
-    for route in &config.routes {
-        if let Some(ctx) = reuse(route) {
-            out.push(ctx);
-            continue;
-        }
-        match route_ctx(route, metrics, plugins).await {
-            Ok(ctx) => out.push(ctx),
-            Err(e) => problems.push(format!("route {}: {e:#}", route.name())),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        anyhow::bail!("{}", problems.join("\n"))
-    }
-}
 
 /// What a route swap changed, by route name and filter.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -173,7 +62,6 @@ pub(crate) struct Core {
     sessions: BTreeMap<String, SessionHandle>,
     /// Sessions whose routes are gone, unsubscribing and draining.
     retiring: Vec<SessionHandle>,
-    close_outbound: CancellationToken,
     outbound: JoinHandle<()>,
 }
 
@@ -236,6 +124,7 @@ impl Core {
                 reconnect: self.config.mqtt.reconnect.clone(),
                 retire,
                 write_timeout: self.config.mqtt.connect_timeout,
+                shutdown: self.services.shutdown.child(),
             },
             Arc::clone(&self.router) as Arc<dyn Dispatch>,
             Arc::clone(&self.record),
@@ -353,11 +242,11 @@ impl Core {
     pub(crate) async fn stop(mut self) {
         let drain = self.config.shutdown.drain_timeout;
         info!(drain_timeout = %humantime::format_duration(drain), "stopping: no new messages; finishing the ones in progress");
-        self.services.stopping.cancel();
         // Every subscriber stops handing messages to the router, and says so,
         // before the routes close: nothing is routed against a closing table.
+        self.services.shutdown.stop_reading();
         for handle in self.sessions.values_mut().chain(self.retiring.iter_mut()) {
-            handle.stop_reading().await;
+            handle.reading_stopped().await;
         }
         let empty = self.builder.build(Vec::new());
         let mut finished = self.router.close(empty);
@@ -368,7 +257,7 @@ impl Core {
         };
         if tokio::time::timeout(drain, all_done).await.is_err() {
             warn!("drain deadline passed; unfinished messages stay unacknowledged for redelivery");
-            self.services.cancel.cancel();
+            self.services.shutdown.pass_deadline();
             let grace = async {
                 for f in &mut finished {
                     let _ = f.wait_for(|done| *done).await;
@@ -376,13 +265,15 @@ impl Core {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), grace).await;
         }
-        for (_, handle) in std::mem::take(&mut self.sessions) {
-            handle.close().await;
+        // Sessions send their last acknowledgements and DISCONNECT; the
+        // publisher has nothing left to publish.
+        self.services.shutdown.close();
+        for handle in std::mem::take(&mut self.sessions)
+            .into_values()
+            .chain(std::mem::take(&mut self.retiring))
+        {
+            handle.closed().await;
         }
-        for handle in std::mem::take(&mut self.retiring) {
-            handle.close().await;
-        }
-        self.close_outbound.cancel();
         let _ = self.outbound.await;
     }
 }
@@ -403,15 +294,14 @@ impl Prepared {
             PUBLISH_QUEUE,
             config.mqtt.reconnect.clone(),
         );
-        let close_outbound = CancellationToken::new();
-        let outbound = tokio::spawn(outbound.run(close_outbound.clone()));
+        let shutdown = Shutdown::new();
+        let outbound = tokio::spawn(outbound.run(shutdown.close_token()));
 
         let services = Arc::new(Services {
             gateway,
             publisher,
             metrics: Arc::clone(metrics),
-            stopping: CancellationToken::new(),
-            cancel: CancellationToken::new(),
+            shutdown,
             max_payload: config.mqtt.max_packet_size.as_usize(),
             default_timeout: config.gateway.timeout,
             protocol: config.mqtt.protocol,
@@ -446,7 +336,6 @@ impl Prepared {
             metrics: Arc::clone(metrics),
             sessions: BTreeMap::new(),
             retiring: Vec::new(),
-            close_outbound,
             outbound,
         };
         for (name, subs) in wanted {
@@ -476,76 +365,4 @@ impl Prepared {
         );
         core
     }
-}
-
-/// A running bridge.
-pub struct Bridge {
-    pub metrics: Arc<Metrics>,
-    pub(crate) plugins: Arc<Plugins>,
-    pub(crate) core: Option<Core>,
-    admin: Option<(CancellationToken, JoinHandle<()>)>,
-}
-
-impl Bridge {
-    /// Starts every part. Fails only on what cannot work at all (a plugin that
-    /// does not load, an embedded broker or admin endpoint that cannot listen,
-    /// unusable TLS material); an unreachable broker or gateway is retried in
-    /// the background.
-    pub async fn start(config: Config, metrics: Arc<Metrics>) -> Result<Bridge> {
-        // rumqttc is built without a default TLS provider; tonic uses ring too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let plugins = Plugins::new(&config.plugins);
-        let routes = load_routes(&config, &metrics, &plugins, |_| None).await?;
-        let prepared = Core::prepare(config.clone(), &metrics)?;
-        let admin = match &config.admin {
-            Some(a) => {
-                let stop = CancellationToken::new();
-                let task = crate::admin::serve(
-                    a.listen,
-                    Arc::clone(&metrics),
-                    stop.clone().cancelled_owned(),
-                )
-                .await?;
-                Some((stop, task))
-            }
-            None => None,
-        };
-        if let Some(b) = &config.broker {
-            crate::broker::start(b, config.mqtt.max_packet_size.as_usize()).await?;
-        }
-        let core = prepared.start(&metrics, routes);
-        Ok(Bridge {
-            metrics,
-            plugins,
-            core: Some(core),
-            admin,
-        })
-    }
-
-    /// The configuration running now.
-    pub fn config(&self) -> Option<&Config> {
-        self.core.as_ref().map(Core::config)
-    }
-
-    /// Stops reading, drains, and disconnects.
-    pub async fn stop(mut self) -> Result<()> {
-        let started = Instant::now();
-        if let Some(core) = self.core.take() {
-            core.stop().await;
-        }
-        if let Some((stop, task)) = self.admin.take() {
-            stop.cancel();
-            let _ = task.await;
-        }
-        let (received, acked) = self.metrics.totals();
-        info!(received, acked, elapsed = ?started.elapsed(), "fxbridge stopped");
-        Ok(())
-    }
-}
-
-/// Runs the bridge until `shutdown` completes, then drains and stops.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let bridge = Bridge::start(config, Metrics::new()).await?;
-    shutdown.await;
-    bridge.stop().await
 }

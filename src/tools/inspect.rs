@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use super::{Plugin, PluginHost};
+use crate::transform::{Plugin, PluginHost, WIT_PACKAGE};
 
 /// Loads `path` (validating it like the bridge does) and describes it.
 pub fn inspect(host: &Arc<PluginHost>, path: &Path) -> Result<String> {
@@ -30,7 +30,7 @@ pub fn describe(plugin: &Plugin, size: Option<u64>) -> String {
     let _ = writeln!(
         s,
         "contract:  {}@{} (world {})",
-        super::WIT_PACKAGE,
+        WIT_PACKAGE,
         plugin.wit_version(),
         plugin.world()
     );
@@ -73,7 +73,7 @@ pub fn describe(plugin: &Plugin, size: Option<u64>) -> String {
     }
     let _ = writeln!(s, "exports:");
     for name in plugin.exports() {
-        let ours = name.starts_with(&format!("{}/", super::WIT_PACKAGE));
+        let ours = name.starts_with(&format!("{}/", WIT_PACKAGE));
         let _ = writeln!(s, "  - {name}{}", if ours { "" } else { " (ignored)" });
     }
     s

@@ -18,9 +18,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{HookMessage, PluginHost, RouteTransform, TransformError};
 use crate::config::TransformLimits;
 use crate::message::{OutMessage, PreDecision, QoS};
+use crate::transform::{HookMessage, PluginHost, RouteTransform, TransformError};
 
 /// A whole `cases.yaml`.
 #[derive(Debug, Deserialize)]

@@ -1,4 +1,4 @@
-//! `fxbridge-bench`: the end-to-end benchmark of issue #5.
+//! `fxbridge-bench`: the end-to-end benchmark of fxbridge.
 //!
 //! For each scenario it starts a private mosquitto and the stand-in gateway
 //! (`fxbridge standin-gateway`, out of process so CPU is attributed to the
@@ -34,10 +34,7 @@ use scenarios::{BridgeEnv, Offer, Scenario, Subject};
 
 /// Command line of the benchmark.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "fxbridge-bench",
-    about = "End-to-end benchmark of fxbridge (issue #5)"
-)]
+#[command(name = "fxbridge-bench", about = "End-to-end benchmark of fxbridge")]
 pub struct Args {
     /// Tiny N and short waits (CI): finishes in seconds.
     #[arg(long)]

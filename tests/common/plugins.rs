@@ -1,6 +1,6 @@
-//! Helpers shared by the transform tests: the built plugins in `plugins/dist`
-//! (never mocked) and a shared plugin host.
-#![allow(dead_code)]
+//! Plugins for the tests: the built components in `plugins/dist` (never
+//! mocked), one shared plugin host per test binary, and messages to call them
+//! with.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -10,20 +10,7 @@ use fxbridge::config::{ByteSize, PluginsConfig, TransformLimits};
 use fxbridge::message::QoS;
 use fxbridge::transform::{HookMessage, PluginHost, RouteTransform};
 
-/// `plugins/dist/<name>.wasm`; fails (never skips) when the plugins are not built.
-pub fn dist(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FXBRIDGE_PLUGINS_DIST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/dist"));
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the plugins first with `bash plugins/build.sh` \
-         (or point FXBRIDGE_PLUGINS_DIST at a folder with the built .wasm files)",
-        path.display()
-    );
-    path
-}
+use super::dist;
 
 /// A compile cache shared by the tests of one build (under target/).
 pub fn shared_cache_dir() -> PathBuf {
