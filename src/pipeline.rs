@@ -449,3 +449,76 @@ pub async fn unrouted(svc: &Services, job: UnroutedJob) {
         done.success();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::message::QoS;
+
+    fn ctx(route: &str) -> RouteCtx {
+        let yaml = format!(
+            "mqtt: {{url: \"mqtt://127.0.0.1:1883\"}}\ngateway: {{url: \"http://127.0.0.1:1\"}}\nroutes:\n  - {route}\n"
+        );
+        let config = Config::parse(&yaml, "t.yaml", std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        RouteCtx {
+            route: config.routes[0].clone(),
+            transform: None,
+            plugin_digest: None,
+            metrics: Arc::default(),
+        }
+    }
+
+    fn out(topic: Option<&str>, qos: Option<QoS>, retain: bool) -> OutMessage {
+        OutMessage {
+            topic: topic.map(str::to_string),
+            payload: Bytes::from_static(b"r"),
+            qos,
+            retain,
+            user_properties: vec![("k".into(), "v".into())],
+        }
+    }
+
+    #[test]
+    fn a_result_without_a_topic_takes_the_routes_republish_target() {
+        let c = ctx(
+            r#"{name: r, topic: "s/+/in", function: f, republish: {topic: "s/{1}/out", qos: 0, retain: true}}"#,
+        );
+        let msg = Message::new("s/dev-1/in", Bytes::from_static(b"x"), QoS::AtLeastOnce);
+        let caps = vec!["dev-1".to_string()];
+        let m = resolve(&c, &msg, &caps, out(None, None, false)).unwrap();
+        assert_eq!(m.topic, "s/dev-1/out");
+        assert_eq!(m.qos, QoS::AtMostOnce, "the republish QoS");
+        assert!(m.retain, "the republish retain applies to its own topic");
+        assert_eq!(m.user_properties, vec![("k".to_string(), "v".to_string())]);
+        // A plugin's own topic and QoS win; the route's retain does not apply there.
+        let m = resolve(
+            &c,
+            &msg,
+            &caps,
+            out(Some("elsewhere"), Some(QoS::AtLeastOnce), false),
+        )
+        .unwrap();
+        assert_eq!(
+            (m.topic.as_str(), m.qos, m.retain),
+            ("elsewhere", QoS::AtLeastOnce, false)
+        );
+    }
+
+    #[test]
+    fn unpublishable_results_are_refused_with_the_reason() {
+        let c = ctx(r#"{name: r, topic: "s/#", function: f}"#);
+        let msg = Message::new("s/a", Bytes::from_static(b"x"), QoS::AtLeastOnce);
+        let e = resolve(&c, &msg, &[], out(None, None, false)).unwrap_err();
+        assert!(e.contains("no republish target"), "{e}");
+        let e = resolve(&c, &msg, &[], out(Some("a/+/b"), None, false)).unwrap_err();
+        assert!(
+            e.contains("not publishable") && e.contains("wildcard"),
+            "{e}"
+        );
+        // With a plugin topic and no republish target, QoS defaults to 1.
+        let m = resolve(&c, &msg, &[], out(Some("ok"), None, true)).unwrap();
+        assert_eq!((m.qos, m.retain), (QoS::AtLeastOnce, true));
+    }
+}

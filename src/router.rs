@@ -458,8 +458,127 @@ impl Queue {
 mod tests {
     use super::*;
     use crate::ack::Completion;
+    use crate::config::Config;
+    use crate::gateway::Gateway;
     use crate::message::QoS;
+    use crate::mqtt::outbound::PublisherTask;
+    use crate::mqtt::Endpoint;
+    use crate::shutdown::Shutdown;
     use bytes::Bytes;
+
+    /// Routes from YAML flow mappings, and the services a table needs (a
+    /// gateway and a publisher that are never reached).
+    fn setup(routes: &[&str]) -> (Arc<Services>, Vec<Arc<RouteCtx>>) {
+        let mut yaml = "mqtt: {url: \"mqtt://127.0.0.1:1\", protocol: \"5\"}\ngateway: {url: \"http://127.0.0.1:1\"}\nroutes:\n".to_string();
+        for r in routes {
+            yaml.push_str(&format!("  - {r}\n"));
+        }
+        let config = Config::parse(&yaml, "t.yaml", std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let endpoint = Endpoint::publisher(&config).unwrap();
+        let (_task, publisher) =
+            PublisherTask::new(endpoint, 1 << 20, 16, config.mqtt.reconnect.clone());
+        let services = Arc::new(Services {
+            gateway: Gateway::new(&config.gateway, std::path::Path::new(".")).unwrap(),
+            publisher,
+            metrics: Metrics::new(),
+            shutdown: Shutdown::new(),
+            max_payload: 1 << 20,
+            default_timeout: std::time::Duration::from_secs(1),
+            protocol: config.mqtt.protocol,
+            unrouted_dead_letter: config.unrouted_dead_letter.clone(),
+        });
+        let ctxs = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(RouteCtx {
+                    route: r.clone(),
+                    transform: None,
+                    plugin_digest: None,
+                    metrics: Arc::default(),
+                })
+            })
+            .collect();
+        (services, ctxs)
+    }
+
+    #[tokio::test]
+    async fn each_session_subscribes_its_routes_filters_once_with_stable_ids() {
+        let (services, ctxs) = setup(&[
+            r#"{name: a, topic: "s/+", function: f}"#,
+            r#"{name: b, topic: "s/+", function: f, session: g, qos: 0}"#,
+            r#"{name: c, topic: "t/#", function: f, session: g, qos: 0}"#,
+            r#"{name: d, topic: "s/+", function: f, session: g}"#,
+        ]);
+        let mut builder = TableBuilder::new(services, Protocol::V5);
+        let start = |c: &Arc<RouteCtx>| Plan::Start {
+            ctx: Arc::clone(c),
+            after: None,
+        };
+        let table = builder.build(ctxs.iter().map(start).collect());
+        let sub = |f: &str, qos, id| Subscription {
+            filter: f.into(),
+            qos,
+            id,
+        };
+        assert_eq!(table.sessions["a"], vec![sub("s/+", QoS::AtLeastOnce, 1)]);
+        assert_eq!(
+            table.sessions["g"],
+            vec![
+                sub("s/+", QoS::AtLeastOnce, 1), // b (QoS 0) and d (QoS 1): the higher
+                sub("t/#", QoS::AtMostOnce, 2),
+            ]
+        );
+        // A later version keeps the identifiers of filters it still has.
+        let again = builder.build(ctxs[2..].iter().map(start).collect());
+        assert!(again.sessions["g"].contains(&sub("t/#", QoS::AtMostOnce, 2)));
+        assert!(again.sessions["g"].contains(&sub("s/+", QoS::AtLeastOnce, 1)));
+        assert!(!again.sessions.contains_key("a"));
+    }
+
+    #[tokio::test]
+    async fn a_message_goes_to_its_sessions_routes_or_to_the_unrouted_dead_letter() {
+        let (services, ctxs) = setup(&[
+            r#"{name: a, topic: "s/+", function: f}"#,
+            r#"{name: b, topic: "s/+", function: f, session: g}"#,
+            r#"{name: c, topic: "s/x", function: f, session: g, retained: skip}"#,
+        ]);
+        let metrics = Arc::clone(&services.metrics);
+        let mut builder = TableBuilder::new(Arc::clone(&services), Protocol::V311);
+        let plans = ctxs
+            .iter()
+            .map(|c| Plan::Start {
+                ctx: Arc::clone(c),
+                after: None,
+            })
+            .collect();
+        let router = Router::new(builder.build(plans), services);
+        let (done, _rx) = mpsc::unbounded_channel();
+        let never = |_: &str| false;
+        let send = |topic: &str, retain: bool, session: &str| {
+            let mut msg = Message::new(topic, Bytes::from_static(b"x"), QoS::AtLeastOnce);
+            msg.retain = retain;
+            let delivery = Delivery {
+                session,
+                subscription_ids: &[],
+                subscribed_before: &never,
+            };
+            router.dispatch(msg, &delivery, &Completion::new(None, done.clone(), None))
+        };
+        assert_eq!(send("s/x", false, "g"), Ok(2), "b and c, not a");
+        assert_eq!(send("s/x", false, "a"), Ok(1));
+        assert_eq!(send("s/x", true, "g"), Ok(1), "c skips retained messages");
+        assert_eq!(metrics.totals(), (0, 0));
+        assert_eq!(send("other", false, "g"), Ok(1), "the unrouted worker");
+        assert!(metrics.render().contains("fxbridge_unrouted_total 1\n"));
+        router.close(builder.build(Vec::new()));
+        assert_eq!(
+            send("s/x", false, "g"),
+            Err(Closed),
+            "closed: nothing routed"
+        );
+    }
 
     fn job(topic: &str, n: u8) -> Job {
         let (tx, _rx) = mpsc::unbounded_channel();

@@ -304,3 +304,38 @@ impl PublisherTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::QoS;
+
+    #[test]
+    fn the_smaller_of_the_configured_and_the_announced_limit_applies() {
+        let limits = Limits {
+            protocol: Protocol::V5,
+            configured: 1000,
+            announced: AtomicUsize::new(0),
+        };
+        assert_eq!(limits.current(), 1000, "no announced limit");
+        limits.announced.store(500, Ordering::Release);
+        assert_eq!(limits.current(), 500);
+        limits.announced.store(5000, Ordering::Release);
+        assert_eq!(limits.current(), 1000);
+
+        limits.announced.store(500, Ordering::Release);
+        // Topic "t", QoS 1, no properties: 1 + 2 + (2 + 1 + 2 + 1) + payload.
+        let fits = Message::new("t", vec![0u8; 491], QoS::AtLeastOnce);
+        assert_eq!(publish_packet_size(Protocol::V5, &fits), 500);
+        assert_eq!(limits.check(&fits), Ok(()));
+        let over = Message::new("t", vec![0u8; 492], QoS::AtLeastOnce);
+        assert_eq!(
+            limits.check(&over),
+            Err(PublishError::TooLarge {
+                size: 501,
+                limit: 500
+            })
+        );
+        assert!(!PublishError::TooLarge { size: 1, limit: 0 }.is_transient());
+    }
+}
