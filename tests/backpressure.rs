@@ -154,13 +154,7 @@ async fn a_reconnecting_reload_at_max_pending_loses_nothing() {
     let mut cfg = at_max_pending_config(&broker, &gw);
     let file = ConfigFile::with(&cfg.to_yaml());
     let results = Collector::start(broker.port(), &["mp/out", "fxbridge/dead-letter/#"]).await;
-    let mut bridge = fxbridge::bridge::Bridge::start(
-        fxbridge::config::Config::load(file.path()).expect("config"),
-        fxbridge::metrics::Metrics::new(),
-    )
-    .await
-    .expect("start");
-    common::bridge::wait_ready(&bridge.metrics).await;
+    let mut bridge = common::bridge::start_from_file(file.path()).await;
     let msgs = numbered("mp/in", "m", 0..20);
     publish_all(broker.port(), &msgs).await;
     wait_until(LONG, "reading paused at max_pending", || {
@@ -346,13 +340,7 @@ async fn acknowledgements_and_unsubscribes_are_never_dropped_under_load() {
     cfg.max_pending = 8;
     let file = ConfigFile::with(&cfg.to_yaml());
     let results = Collector::start(broker.port(), &["out/#"]).await;
-    let mut bridge = fxbridge::bridge::Bridge::start(
-        fxbridge::config::Config::load(file.path()).expect("config"),
-        fxbridge::metrics::Metrics::new(),
-    )
-    .await
-    .expect("start");
-    common::bridge::wait_ready(&bridge.metrics).await;
+    let mut bridge = common::bridge::start_from_file(file.path()).await;
 
     let msgs: Vec<_> = (0..1500)
         .map(|i| {
@@ -445,6 +433,15 @@ async fn acknowledgements_and_unsubscribes_are_never_dropped_under_load() {
     bridge.stop().await.unwrap();
 }
 
+/// Route `r` of two (`a`, `b`): filter `<r>/+`, results on `out/<r>`, each in
+/// its own session, or both in session `s` when `shared`.
+fn route_of_two(r: &str, shared: bool) -> String {
+    let session = if shared { ", session: s" } else { "" };
+    format!(
+        r#"{{name: {r}, topic: "{r}/+", function: f, republish: {{topic: "out/{r}"}}{session}}}"#
+    )
+}
+
 /// Route `b` holds 20 messages (its calls hang) and the broker queues 10 more
 /// when a reload removes it. The 20 finish on the old version once released;
 /// the 10 that arrive afterwards no route takes: each is dead-lettered as
@@ -454,24 +451,13 @@ async fn acknowledgements_and_unsubscribes_are_never_dropped_under_load() {
 async fn a_removed_routes_backlog_is_dead_lettered(shared: bool) {
     let broker = Mosquitto::start();
     let gw = TestGateway::start().await;
-    let session = if shared { ", session: s" } else { "" };
-    let route = |r: &str| {
-        format!(
-            r#"{{name: {r}, topic: "{r}/+", function: f, republish: {{topic: "out/{r}"}}{session}}}"#
-        )
-    };
+    let route = |r: &str| route_of_two(r, shared);
     let cfg = BridgeConfig::new(broker.port(), &gw.url())
         .route(&route("a"))
         .route(&route("b"));
     let file = ConfigFile::with(&cfg.to_yaml());
     let results = Collector::start(broker.port(), &["out/+", "fxbridge/dead-letter/#"]).await;
-    let mut bridge = fxbridge::bridge::Bridge::start(
-        fxbridge::config::Config::load(file.path()).expect("config"),
-        fxbridge::metrics::Metrics::new(),
-    )
-    .await
-    .expect("start");
-    common::bridge::wait_ready(&bridge.metrics).await;
+    let mut bridge = common::bridge::start_from_file(file.path()).await;
     // 30 messages on 30 topics, every call held: mosquitto sends 20, queues 10.
     let msgs: Vec<_> = (0..30)
         .map(|i| (format!("b/{i}"), format!("b-{i}").into_bytes()))
@@ -556,12 +542,7 @@ async fn a_removed_routes_backlog_is_dead_lettered_from_a_shared_session() {
 async fn removed_while_down(shared: bool) {
     let broker = Mosquitto::start();
     let gw = TestGateway::start().await;
-    let session = if shared { ", session: s" } else { "" };
-    let route = |r: &str| {
-        format!(
-            r#"{{name: {r}, topic: "{r}/+", function: f, republish: {{topic: "out/{r}"}}{session}}}"#
-        )
-    };
+    let route = |r: &str| route_of_two(r, shared);
     let cfg = BridgeConfig::new(broker.port(), &gw.url())
         .route(&route("a"))
         .route(&route("b"));

@@ -139,6 +139,17 @@ pub async fn start_in_process(cfg: &BridgeConfig) -> Bridge {
     bridge
 }
 
+/// Starts the bridge in this process from the config file at `path` (so a
+/// test can reload it later) and waits until it is ready.
+pub async fn start_from_file(path: &Path) -> Bridge {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("invalid test config:\n{e}"));
+    let bridge = Bridge::start(config, Metrics::new())
+        .await
+        .expect("bridge start");
+    wait_ready(&bridge.metrics).await;
+    bridge
+}
+
 /// Waits (10 s at most) until `metrics` says the bridge is ready.
 pub async fn wait_ready(metrics: &Arc<Metrics>) {
     tokio::time::timeout(Duration::from_secs(10), metrics.wait_ready())
