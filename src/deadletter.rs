@@ -38,6 +38,11 @@ pub enum Stage {
     /// No route takes the message: its route was removed, or its filter was
     /// left subscribed by an earlier configuration.
     Unrouted,
+    /// A plugin's result names a topic its route may not publish to
+    /// (`republish.allow`, the loop and dead-letter guards, RETAIN).
+    OutputRefused,
+    /// A plugin returned more results, or more bytes, than its route allows.
+    OutputLimit,
 }
 
 /// Why a message was dead-lettered.

@@ -421,7 +421,7 @@ fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>
         .map(|(name, m)| (name, m.plugin.snapshot()))
         .collect();
     type Get = fn(&crate::transform::CountersSnapshot) -> u64;
-    let simple: [(&str, &str, Get); 3] = [
+    let simple: [(&str, &str, Get); 4] = [
         ("plugin_calls_total", "Transform hook calls.", |s| s.calls),
         (
             "plugin_call_microseconds_sum",
@@ -433,6 +433,11 @@ fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>
             "Plugin instances created and configured.",
             |s| s.instances_created,
         ),
+        (
+            "plugin_log_suppressed_total",
+            "Plugin log lines dropped over the route's log budget.",
+            |s| s.log_suppressed,
+        ),
     ];
     for (name, help, get) in simple {
         let _ = writeln!(
@@ -443,11 +448,12 @@ fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>
             let _ = writeln!(out, "fxbridge_{name}{{route=\"{route}\"}} {}", get(s));
         }
     }
-    let kinds: [(&str, Get); 7] = [
+    let kinds: [(&str, Get); 8] = [
         ("guest_error", |s| s.guest_errors),
         ("trap", |s| s.traps),
         ("timeout", |s| s.timeouts),
         ("memory_limit", |s| s.memory_limits),
+        ("output_limit", |s| s.output_limits),
         ("fuel_exhausted", |s| s.fuel_exhausted),
         ("configure_failed", |s| s.configure_failed),
         ("instantiation_failed", |s| s.instantiation_failed),

@@ -27,7 +27,7 @@ use crate::message::{Message, OutMessage, PreDecision};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::mqtt::outbound::{PublishError, Publisher};
 use crate::shutdown::Shutdown;
-use crate::topic::{check_publish_topic, Template, TemplateContext};
+use crate::topic::{check_publish_topic, Template, TemplateContext, TopicFilter};
 use crate::transform::{HookMessage, RouteTransform};
 
 /// What every route shares: the gateway, the publisher, and the bridge's state.
@@ -64,6 +64,8 @@ pub struct Job {
     pub captures: Vec<String>,
     pub done: RouteDone,
     pub dispatched: Instant,
+    /// Dead-letter topic spaces of the table version that dispatched it.
+    pub guarded: Arc<Vec<TopicFilter>>,
 }
 
 /// A message no route of its session takes.
@@ -94,6 +96,7 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         captures,
         done,
         dispatched,
+        guarded,
     } = job;
     if !done.start() {
         // The connection was lost while this copy waited, and the broker has
@@ -103,7 +106,7 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         return;
     }
     count(&ctx.metrics.messages);
-    let outcome = match run(ctx, svc, &msg, &captures).await {
+    let outcome = match run(ctx, svc, &msg, &captures, &guarded).await {
         Ok(()) => true,
         Err(Fate::DeadLetter(failure)) => dead_letter(ctx, svc, &msg, &captures, failure).await,
         Err(Fate::Abandon) => false,
@@ -129,6 +132,7 @@ async fn run(
     svc: &Services,
     msg: &Message,
     captures: &[String],
+    guarded: &[TopicFilter],
 ) -> Result<(), Fate> {
     let route = &ctx.route;
     let name = route.name();
@@ -203,14 +207,61 @@ async fn run(
         None => Vec::new(),
     };
 
-    // 4. Publish every result; the source is acknowledged only after all of them.
+    // 4. Check every result, then publish them all; the source is
+    // acknowledged only after all of them. A result that may not be published
+    // fails the message before any result is (all or nothing).
+    let mut publishes = Vec::with_capacity(outs.len());
+    if let Some(t) = &route.config.transform {
+        let bytes: usize = outs.iter().map(|o| o.payload.len()).sum();
+        let limits = &t.limits;
+        if outs.len() > limits.max_outputs || bytes > limits.max_output_bytes.as_usize() {
+            return Err(Failure::new(
+                Stage::OutputLimit,
+                format!(
+                    "the plugin returned {} results of {bytes} bytes; the route allows {} results and {} bytes (transform.limits.max_outputs, max_output_bytes)",
+                    outs.len(),
+                    limits.max_outputs,
+                    limits.max_output_bytes.as_usize()
+                ),
+            )
+            .into());
+        }
+    }
     for out in outs {
+        let own_topic = out.topic.is_some();
         let publish =
             resolve(ctx, msg, captures, out).map_err(|e| Failure::new(Stage::Publish, e))?;
+        if own_topic {
+            if let Some(reason) =
+                route
+                    .outputs
+                    .refuse(&publish.topic, publish.retain, &route.filter, guarded)
+            {
+                return Err(Failure::new(Stage::OutputRefused, reason).into());
+            }
+        }
+        svc.publisher
+            .check(&publish)
+            .map_err(|e| too_large(&publish, &e))?;
+        publishes.push(publish);
+    }
+    for publish in publishes {
         publish_confirmed(svc, publish).await?;
         count(&ctx.metrics.published);
     }
     Ok(())
+}
+
+/// The failure of a result larger than the broker accepts.
+fn too_large(publish: &Message, e: &PublishError) -> Fate {
+    Failure::new(
+        Stage::ResultTooLarge,
+        format!(
+            "the result for {:?}: {e} (mqtt.max_packet_size, or the broker's own limit)",
+            publish.topic
+        ),
+    )
+    .into()
 }
 
 /// Invokes with the route's retry policy.
@@ -330,16 +381,7 @@ async fn publish_confirmed(svc: &Services, publish: Message) -> Result<(), Fate>
         match svc.publisher.publish(publish.clone()).await {
             Ok(()) => return Ok(()),
             Err(PublishError::Closed) => return Err(Fate::Abandon),
-            Err(PublishError::TooLarge { size, limit }) => {
-                return Err(Failure::new(
-                    Stage::ResultTooLarge,
-                    format!(
-                        "the result for {:?} is a packet of {size} bytes; the broker accepts at most {limit} bytes (mqtt.max_packet_size, or the broker's own limit)",
-                        publish.topic
-                    ),
-                )
-                .into())
-            }
+            Err(e @ PublishError::TooLarge { .. }) => return Err(too_large(&publish, &e)),
             Err(e) if e.is_transient() => {
                 tries += 1;
                 let delay = Duration::from_millis(100u64.saturating_mul(1 << tries.min(6)));
@@ -347,9 +389,11 @@ async fn publish_confirmed(svc: &Services, publish: Message) -> Result<(), Fate>
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
-                return Err(
-                    Failure::new(Stage::Publish, format!("publishing to {:?}: {e}", publish.topic)).into(),
+                return Err(Failure::new(
+                    Stage::Publish,
+                    format!("publishing to {:?}: {e}", publish.topic),
                 )
+                .into())
             }
         }
     }

@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::inbound::{Closed, Delivery, Dispatch};
 use crate::mqtt::Subscription;
 use crate::pipeline::{self, Job, RouteCtx, Services, UnroutedJob};
+use crate::topic::TopicFilter;
 
 /// Messages of the unrouted dead letter in progress at once.
 const UNROUTED_IN_FLIGHT: usize = 16;
@@ -81,6 +82,10 @@ pub struct Table {
     pub sessions: BTreeMap<String, Vec<Subscription>>,
     /// Subscription identifier -> indexes into `routes`.
     by_subscription: HashMap<usize, Vec<usize>>,
+    /// The topic spaces of every dead-letter topic of this version (each
+    /// route's and the unrouted one): a plugin's result must not land there
+    /// unless its route allows it by name.
+    guarded: Arc<Vec<TopicFilter>>,
     protocol: Protocol,
 }
 
@@ -135,6 +140,16 @@ impl TableBuilder {
         }
         let mut sessions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
         let mut by_subscription: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut guarded: Vec<TopicFilter> = entries
+            .iter()
+            .map(|e| {
+                let r = &e.ctx.route;
+                r.dead_letter.topic_space(&r.filter, r.name())
+            })
+            .collect();
+        if let Ok(any) = TopicFilter::parse("#") {
+            guarded.push(self.services.unrouted_dead_letter.topic_space(&any, "+"));
+        }
         for (i, e) in entries.iter().enumerate() {
             let filter = e.ctx.route.filter.as_str().to_string();
             let qos = e.ctx.route.config.qos;
@@ -153,6 +168,7 @@ impl TableBuilder {
             routes: entries,
             sessions,
             by_subscription,
+            guarded: Arc::new(guarded),
             protocol: self.protocol,
         }
     }
@@ -302,6 +318,7 @@ impl Dispatch for Router {
                 captures,
                 done: completion.route(),
                 dispatched: now,
+                guarded: Arc::clone(&table.guarded),
             };
             // A worker lives as long as its queue's sender, which this table holds.
             let _ = table.routes[i].jobs.send(job);
@@ -588,6 +605,7 @@ mod tests {
             captures: vec![],
             done: c.route(),
             dispatched: Instant::now(),
+            guarded: Arc::default(),
         }
     }
 

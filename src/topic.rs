@@ -85,6 +85,24 @@ impl TopicFilter {
         &self.raw
     }
 
+    /// The filter without a `$share/<group>/` prefix: the topics it matches.
+    pub fn topics(&self) -> &str {
+        match &self.share_group {
+            Some(group) => &self.raw["$share/".len() + group.len() + 1..],
+            None => &self.raw,
+        }
+    }
+
+    /// Whether the first level is a name, not a wildcard.
+    pub fn starts_with_literal(&self) -> bool {
+        matches!(self.levels.first(), Some(Level::Literal(_)))
+    }
+
+    /// Whether the `i`-th capture (0-based) is the `#` one, which may span levels.
+    fn capture_is_multi_level(&self, i: usize) -> bool {
+        matches!(self.levels.last(), Some(Level::Multi)) && i + 1 == self.capture_count()
+    }
+
     /// The shared-subscription group, if this is a `$share/...` filter.
     pub fn share_group(&self) -> Option<&str> {
         self.share_group.as_deref()
@@ -242,6 +260,46 @@ impl Template {
         &self.raw
     }
 
+    /// The topics this template can render into, as a filter, for the route
+    /// whose filter is `filter` and whose name is `route`: literal levels stay,
+    /// a level with a one-level value (`{route}`, a `+` capture) becomes `+`, and
+    /// from the first level with a value that may span levels (`{topic}`, the
+    /// `#` capture) on, `#`. `results/{1}/t` under `s/+/in` is `results/+/t`.
+    pub fn topic_space(&self, filter: &TopicFilter, route: &str) -> TopicFilter {
+        const ONE: char = '\u{1}';
+        const MANY: char = '\u{2}';
+        let mut rendered = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => rendered.push_str(s),
+                Part::Topic => rendered.push(MANY),
+                Part::Route if route.contains('/') => rendered.push(MANY),
+                Part::Route => rendered.push(ONE),
+                Part::Capture(i) if filter.capture_is_multi_level(*i) => rendered.push(MANY),
+                Part::Capture(_) => rendered.push(ONE),
+            }
+        }
+        let mut levels = Vec::new();
+        for level in rendered.split('/') {
+            if level.contains(MANY) {
+                levels.push("#".to_string());
+                break;
+            }
+            levels.push(if level.contains(ONE) {
+                "+".to_string()
+            } else {
+                level.to_string()
+            });
+        }
+        let raw = levels.join("/");
+        // Every level is a literal from a parsed template, `+` or a final `#`.
+        TopicFilter::parse(&raw).unwrap_or_else(|_| TopicFilter {
+            raw: "#".into(),
+            share_group: None,
+            levels: vec![Level::Multi],
+        })
+    }
+
     /// Fills in the placeholders and checks that the result is a publishable topic.
     pub fn render(&self, ctx: TemplateContext<'_>) -> Result<String, String> {
         let mut out = String::with_capacity(self.raw.len() + ctx.topic.len());
@@ -295,6 +353,28 @@ pub fn check_publish_topic(topic: &str, allow_dollar: bool) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_templates_topic_space_is_the_filter_of_what_it_can_render() {
+        let space = |template: &str, filter: &str| {
+            let f = TopicFilter::parse(filter).unwrap();
+            Template::parse(template, f.capture_count())
+                .unwrap()
+                .topic_space(&f, "r1")
+                .as_str()
+                .to_string()
+        };
+        assert_eq!(space("results/{1}/t", "s/+/in"), "results/+/t");
+        assert_eq!(space("copy/{route}/{topic}", "s/#"), "copy/+/#");
+        assert_eq!(space("x/{2}/y", "a/+/#"), "x/#");
+        assert_eq!(space("dev-{1}/out", "s/+"), "+/out");
+        assert_eq!(
+            space("fxbridge/dead-letter/{route}", "s/+"),
+            "fxbridge/dead-letter/+"
+        );
+        assert_eq!(space("fixed/topic", "s/+"), "fixed/topic");
+        assert_eq!(TopicFilter::parse("$share/g/a/+").unwrap().topics(), "a/+");
+    }
 
     fn caps(f: &str, t: &str) -> Option<Vec<String>> {
         TopicFilter::parse(f).unwrap().matches(t)

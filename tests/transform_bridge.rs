@@ -55,7 +55,7 @@ routes:
   - name: sensors
     topic: sensors/+/temp
     function: normalize
-    republish: {{topic: "unused/{{1}}"}}
+    republish: {{allow: ["results/+"]}}
     transform:
       component: {sensor}
       config: {{reply_topic: "results/{{device}}"}}

@@ -44,7 +44,7 @@ async fn sensor_normalize_reshapes_skips_inside_the_deadband_and_replies_per_dev
     let gateway = TestGateway::start().await;
     let cfg = BridgeConfig::new(broker.port(), &gateway.url()).route(&format!(
         "{{name: sensors, topic: \"sensors/+/temp\", function: normalize, ordering: per-topic, \
-          republish: {{topic: \"unused/{{1}}\"}}, \
+          republish: {{allow: [\"results/+\"]}}, \
           transform: {{component: \"{}\", config: {{reply_topic: \"results/{{device}}\", \
           deadband: {{temperature: 0.5}}}}}}}}",
         dist("sensor-normalize.wasm")
@@ -122,7 +122,7 @@ async fn py_fanout_turns_one_reply_into_a_message_per_metric() {
     let gateway = TestGateway::start().await;
     let cfg = BridgeConfig::new(broker.port(), &gateway.url()).route(&format!(
         "{{name: fanout, topic: \"dev/+/state\", function: echo, \
-          republish: {{topic: \"unused/{{1}}\"}}, \
+          republish: {{allow: [\"metrics/#\"]}}, \
           transform: {{component: \"{}\", config: {{prefix: metrics}}}}}}",
         dist("py-fanout.wasm")
     ));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::errors::Collector;
 use super::schema::{Backoff, GatewayConfig, MqttConfig, RouteConfig};
 use super::values::{Protocol, Secret};
-use super::{Credentials, Route};
+use super::{Credentials, OutputPolicy, Route};
 use crate::tls::TlsFiles;
 use crate::topic::{Template, TopicFilter};
 
@@ -189,10 +189,29 @@ pub(super) fn check_route(
         .ok();
     let captures = filter.as_ref().map_or(0, TopicFilter::capture_count);
     let republish = rc.republish.as_ref().and_then(|r| {
-        Template::parse(&r.topic, captures)
+        Template::parse(r.topic.as_deref()?, captures)
             .map_err(|e| c.at(format!("{path}.republish.topic"), e))
             .ok()
     });
+    let mut allow = Vec::new();
+    if let Some(r) = &rc.republish {
+        if r.topic.is_none() && r.allow.is_empty() {
+            c.at(
+                format!("{path}.republish"),
+                "needs a `topic`, or `allow` for results that name their own",
+            );
+        }
+        for (i, f) in r.allow.iter().enumerate() {
+            match TopicFilter::parse(f) {
+                Ok(filter) if filter.share_group().is_none() => allow.push(filter),
+                Ok(_) => c.at(
+                    format!("{path}.republish.allow[{i}]"),
+                    "a topic filter to publish under, not a shared subscription",
+                ),
+                Err(e) => c.at(format!("{path}.republish.allow[{i}]"), e),
+            }
+        }
+    }
     let dead_letter = Template::parse(&rc.dead_letter, captures)
         .map_err(|e| c.at(format!("{path}.dead_letter"), e))
         .ok();
@@ -249,12 +268,20 @@ pub(super) fn check_route(
     if c.errors.len() > before {
         return None;
     }
+    let filter = filter?;
+    let republish = rc.republish.as_ref().and(republish);
+    let outputs = OutputPolicy {
+        allow,
+        template_space: republish.as_ref().map(|t| t.topic_space(&filter, &rc.name)),
+        retain: rc.republish.as_ref().is_some_and(|r| r.allow_retain),
+    };
     Some(Route {
-        filter: filter?,
-        republish: rc.republish.as_ref().and(republish),
+        filter,
+        republish,
         dead_letter: dead_letter?,
         transform_config_json,
         component_path,
+        outputs,
         config: rc,
     })
 }

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 pub use self::errors::{ConfigError, ConfigErrors};
 pub use self::schema::{
-    AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, MqttConfig, Order,
-    PluginsConfig, RepublishConfig, Retained, RetryConfig, RouteConfig, ShutdownConfig,
+    AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, LogLevel, MqttConfig,
+    Order, PluginsConfig, RepublishConfig, Retained, RetryConfig, RouteConfig, ShutdownConfig,
     TransformConfig, TransformLimits, UnroutedConfig,
 };
 pub use self::values::{ByteSize, GrpcCode, Protocol, Secret};
@@ -51,6 +51,83 @@ pub struct Route {
     pub transform_config_json: String,
     /// `transform.component` resolved against bridge.yaml's directory.
     pub component_path: Option<PathBuf>,
+    /// Where this route's results may go.
+    pub outputs: OutputPolicy,
+}
+
+/// Where a route's results may be published (`republish.allow`,
+/// `republish.allow_retain`), and what a result with a topic of its own must
+/// not reach unless allowed by name: the route's own input (a loop) and any
+/// dead-letter topic (forged envelopes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputPolicy {
+    /// `republish.allow`, parsed.
+    pub allow: Vec<TopicFilter>,
+    /// The topics the republish template renders into, when `allow` is empty.
+    pub template_space: Option<TopicFilter>,
+    /// A result with a topic of its own may set RETAIN.
+    pub retain: bool,
+}
+
+impl OutputPolicy {
+    /// Why a result with its own `topic` (and `retain`) may not be published,
+    /// given the route's input filter and `guarded` topic spaces.
+    pub fn refuse(
+        &self,
+        topic: &str,
+        retain: bool,
+        input: &TopicFilter,
+        guarded: &[TopicFilter],
+    ) -> Option<String> {
+        let allowed = self.allow.iter().any(|f| f.matches(topic).is_some());
+        // Only an entry that starts with a name (`n/loop`, `alerts/#`, not `#`
+        // or `+/x`) lets a result past the loop and dead-letter guards.
+        let named = self
+            .allow
+            .iter()
+            .any(|f| f.starts_with_literal() && f.matches(topic).is_some());
+        let in_space = allowed
+            || (self.allow.is_empty()
+                && self
+                    .template_space
+                    .as_ref()
+                    .is_some_and(|f| f.matches(topic).is_some()));
+        if !in_space {
+            let allowed: Vec<&str> = match (&self.template_space, self.allow.is_empty()) {
+                (_, false) => self.allow.iter().map(TopicFilter::as_str).collect(),
+                (Some(space), true) => vec![space.as_str()],
+                (None, true) => Vec::new(),
+            };
+            return Some(format!(
+                "the plugin's result topic {topic:?} is outside what the route may publish to ({}; republish.allow)",
+                if allowed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+        }
+        if !named {
+            if input.matches(topic).is_some() {
+                return Some(format!(
+                    "the plugin's result topic {topic:?} is the route's own input {:?} (a loop); name it in republish.allow to allow it",
+                    input.topics()
+                ));
+            }
+            if let Some(dl) = guarded.iter().find(|g| g.matches(topic).is_some()) {
+                return Some(format!(
+                    "the plugin's result topic {topic:?} is a dead-letter topic ({}); name it in republish.allow to allow it",
+                    dl.as_str()
+                ));
+            }
+        }
+        if retain && !self.retain {
+            return Some(format!(
+                "the plugin's result on {topic:?} sets RETAIN, which republish.allow_retain does not allow"
+            ));
+        }
+        None
+    }
 }
 
 impl Route {

@@ -276,16 +276,26 @@ pub enum Retained {
     Skip,
 }
 
-/// `routes[].republish`.
+/// `routes[].republish`: where results go, and where a plugin may publish.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepublishConfig {
     /// Template: `{topic}`, `{route}`, `{1}`..`{n}` (the wildcard captures).
-    pub topic: String,
+    /// Without it, results need a topic of their own (from the plugin).
+    #[serde(default)]
+    pub topic: Option<String>,
     #[serde(default = "qos1")]
     pub qos: QoS,
     #[serde(default)]
     pub retain: bool,
+    /// Topic filters a plugin's results may name as their topic. Empty: the
+    /// topics `topic` can render into. Also what may pass the loop guard.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Whether a plugin's result with a topic of its own may set RETAIN
+    /// (results on `topic` follow `retain`).
+    #[serde(default)]
+    pub allow_retain: bool,
 }
 
 /// Order in which a route processes messages.
@@ -356,6 +366,33 @@ pub struct TransformLimits {
     /// Fuel per hook call (needs `plugins.fuel_metering: true`).
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// Results the post hook may return for one message.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: usize,
+    /// Payload bytes of all results of one message together.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: ByteSize,
+    /// Lines per second the plugin may log (`host.log`, stdout, stderr), over
+    /// all of the route's instances...
+    #[serde(default = "default_log_lines_per_second")]
+    pub log_lines_per_second: u32,
+    /// ...with this many lines of credit for a burst.
+    #[serde(default = "default_log_burst")]
+    pub log_burst: u32,
+    /// The highest level a plugin's line is logged at.
+    #[serde(default = "default_log_level")]
+    pub log_level: LogLevel,
+}
+
+/// A log level, as `transform.limits.log_level` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
 impl Default for TransformLimits {
@@ -363,6 +400,11 @@ impl Default for TransformLimits {
         TransformLimits {
             timeout: default_plugin_timeout(),
             memory: default_plugin_memory(),
+            max_outputs: default_max_outputs(),
+            max_output_bytes: default_max_output_bytes(),
+            log_lines_per_second: default_log_lines_per_second(),
+            log_burst: default_log_burst(),
+            log_level: default_log_level(),
             fuel: None,
         }
     }
@@ -450,6 +492,21 @@ fn default_plugin_timeout() -> Duration {
 }
 fn default_plugin_memory() -> ByteSize {
     ByteSize::mib(64)
+}
+fn default_log_lines_per_second() -> u32 {
+    10
+}
+fn default_log_burst() -> u32 {
+    100
+}
+fn default_log_level() -> LogLevel {
+    LogLevel::Warn
+}
+fn default_max_outputs() -> usize {
+    100
+}
+fn default_max_output_bytes() -> ByteSize {
+    ByteSize::mib(4)
 }
 fn default_keep_alive_interval() -> Duration {
     Duration::from_secs(10)

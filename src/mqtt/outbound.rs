@@ -46,7 +46,7 @@ pub enum PublishError {
     #[error("the broker refused the publish: {0}")]
     Refused(String),
     /// The packet is larger than the broker accepts; it was not sent.
-    #[error("a packet of {size} bytes exceeds the largest the broker accepts ({limit} bytes)")]
+    #[error("a packet of {size} bytes; the broker accepts at most {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     /// The publisher is shutting down.
     #[error("the publisher has stopped")]
@@ -108,6 +108,11 @@ impl Publisher {
             .await
             .map_err(|_| PublishError::Closed)?;
         rx.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Whether `msg` fits the largest packet the broker accepts now.
+    pub fn check(&self, msg: &Message) -> Result<(), PublishError> {
+        self.limits.check(msg)
     }
 
     /// The largest packet the broker accepts now, in bytes.

@@ -35,6 +35,7 @@
 
 mod bindings;
 mod host;
+mod log;
 mod plugin;
 mod route;
 mod sandbox;
@@ -88,6 +89,10 @@ pub enum TransformError {
     /// A new instance could not be created (for example the instance pool is full).
     #[error("plugin instantiation failed: {0}")]
     InstantiationFailed(String),
+    /// The hook returned more data than the host takes out of a guest in one
+    /// call (`limits.max_output_bytes` and the largest input).
+    #[error("plugin returned too much data: {0}")]
+    OutputLimit(String),
 }
 
 impl TransformError {
@@ -101,6 +106,7 @@ impl TransformError {
             TransformError::FuelExhausted(_) => "fuel_exhausted",
             TransformError::ConfigureFailed(_) => "configure_failed",
             TransformError::InstantiationFailed(_) => "instantiation_failed",
+            TransformError::OutputLimit(_) => "output_limit",
         }
     }
 
@@ -112,6 +118,7 @@ impl TransformError {
                 | TransformError::Timeout(_)
                 | TransformError::MemoryLimit { .. }
                 | TransformError::FuelExhausted(_)
+                | TransformError::OutputLimit(_)
         )
     }
 }
@@ -125,6 +132,8 @@ pub struct Counters {
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
     pub memory_limits: AtomicU64,
+    /// Calls whose results were more than the host takes out of a guest.
+    pub output_limits: AtomicU64,
     pub fuel_exhausted: AtomicU64,
     pub configure_failed: AtomicU64,
     pub instantiation_failed: AtomicU64,
@@ -134,8 +143,10 @@ pub struct Counters {
     pub instances_created: AtomicU64,
     /// Instances dropped after a failure.
     pub instances_discarded: AtomicU64,
-    /// Lines forwarded to the log from `host.log`, stdout and stderr.
+    /// Lines the plugin wrote with `host.log`, stdout and stderr.
     pub log_lines: AtomicU64,
+    /// Of those, lines dropped because the route's log budget was spent.
+    pub log_suppressed: AtomicU64,
     pub stdout_lines: AtomicU64,
     pub stderr_lines: AtomicU64,
 }
@@ -148,6 +159,7 @@ pub struct CountersSnapshot {
     pub traps: u64,
     pub timeouts: u64,
     pub memory_limits: u64,
+    pub output_limits: u64,
     pub fuel_exhausted: u64,
     pub configure_failed: u64,
     pub instantiation_failed: u64,
@@ -155,6 +167,7 @@ pub struct CountersSnapshot {
     pub instances_created: u64,
     pub instances_discarded: u64,
     pub log_lines: u64,
+    pub log_suppressed: u64,
     pub stdout_lines: u64,
     pub stderr_lines: u64,
 }
@@ -166,6 +179,7 @@ impl CountersSnapshot {
             + self.traps
             + self.timeouts
             + self.memory_limits
+            + self.output_limits
             + self.fuel_exhausted
             + self.configure_failed
             + self.instantiation_failed
@@ -181,6 +195,7 @@ impl Counters {
             traps: g(&self.traps),
             timeouts: g(&self.timeouts),
             memory_limits: g(&self.memory_limits),
+            output_limits: g(&self.output_limits),
             fuel_exhausted: g(&self.fuel_exhausted),
             configure_failed: g(&self.configure_failed),
             instantiation_failed: g(&self.instantiation_failed),
@@ -188,6 +203,7 @@ impl Counters {
             instances_created: g(&self.instances_created),
             instances_discarded: g(&self.instances_discarded),
             log_lines: g(&self.log_lines),
+            log_suppressed: g(&self.log_suppressed),
             stdout_lines: g(&self.stdout_lines),
             stderr_lines: g(&self.stderr_lines),
         }
@@ -202,6 +218,7 @@ impl Counters {
             TransformError::FuelExhausted(_) => &self.fuel_exhausted,
             TransformError::ConfigureFailed(_) => &self.configure_failed,
             TransformError::InstantiationFailed(_) => &self.instantiation_failed,
+            TransformError::OutputLimit(_) => &self.output_limits,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }

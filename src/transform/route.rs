@@ -11,6 +11,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{after_invoke, before_invoke, Invocation, Message, Outgoing, PreAction, Qos};
 use super::host::PluginHost;
+use super::log::LogGate;
 use super::plugin::Plugin;
 use super::sandbox::MAX_MEMORY;
 use super::state::HostState;
@@ -37,8 +38,12 @@ pub struct RouteTransform {
     timeout: Duration,
     memory: u64,
     fuel: Option<u64>,
+    /// The most bytes the host takes out of a guest in one call (wasmtime's
+    /// hostcall fuel: list and string data lifted, counted at host size).
+    lift_limit: usize,
     idle: Mutex<Vec<Live>>,
     counters: Arc<Counters>,
+    log: Arc<LogGate>,
 }
 
 impl std::fmt::Debug for RouteTransform {
@@ -85,14 +90,24 @@ impl RouteTransform {
         limits: &TransformLimits,
         counters: Arc<Counters>,
     ) -> Arc<RouteTransform> {
+        let route: Arc<str> = Arc::from(route_name);
+        let log = Arc::new(LogGate::new(
+            Arc::clone(&route),
+            limits.log_lines_per_second,
+            limits.log_burst,
+            limits.log_level,
+            Arc::clone(&counters),
+        ));
         Arc::new(RouteTransform {
             host: Arc::clone(host),
             plugin,
-            route: Arc::from(route_name),
+            route,
+            log,
             config_json,
             timeout: limits.timeout,
             memory: limits.memory.0.min(MAX_MEMORY),
             fuel: limits.fuel.filter(|_| host.fuel_metering),
+            lift_limit: lift_limit(limits),
             idle: Mutex::new(Vec::new()),
             counters,
         })
@@ -306,8 +321,6 @@ impl RouteTransform {
         data.deadline = Some(Instant::now() + timeout);
         data.timed_out = false;
         data.limiter.hit.store(false, Ordering::Relaxed);
-        data.budget
-            .store(super::state::MAX_LINES_PER_CALL, Ordering::Relaxed);
         if let Ok(mut tail) = data.stderr_tail.lock() {
             tail.clear();
         }
@@ -335,9 +348,10 @@ impl RouteTransform {
     /// Creates an instance and runs `configure` on it.
     async fn instantiate(&self) -> Result<Live, TransformError> {
         let memory = usize::try_from(self.memory).unwrap_or(usize::MAX);
-        let state = HostState::new(Arc::clone(&self.route), memory, Arc::clone(&self.counters));
+        let state = HostState::new(memory, Arc::clone(&self.counters), Arc::clone(&self.log));
         let mut store = Store::new(&self.host.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.lift_limit);
         store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
             if data.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -426,6 +440,16 @@ fn classify<T>(
         Ok(Err(e)) => e,
     };
     let data = store.data();
+    // wasmtime's error type for exhausted hostcall fuel is private; its text is
+    // the documented sign that lifting the results hit the limit.
+    if e.root_cause()
+        .to_string()
+        .contains("too much data is being copied between the host and the guest")
+    {
+        return Err(TransformError::OutputLimit(format!(
+            "{context}the results need more than the host takes out of a plugin in one call; raise transform.limits.max_output_bytes"
+        )));
+    }
     let trap = e.downcast_ref::<Trap>().copied();
     if data.timed_out || trap == Some(Trap::Interrupt) {
         return Err(TransformError::Timeout(timeout));
@@ -476,6 +500,18 @@ fn summary(e: &wasmtime::Error) -> String {
         out.truncate(end);
     }
     out
+}
+
+/// The most bytes the host lifts out of one call: room for every result's
+/// payload (`max_output_bytes`) and their records, or for a pre hook's input
+/// as large as the gateway's default message limit (4 MiB), whichever is more.
+fn lift_limit(limits: &TransformLimits) -> usize {
+    const RECORD: usize = 256; // an `outgoing` on the host, strings aside
+    let outputs = limits
+        .max_output_bytes
+        .as_usize()
+        .saturating_add(limits.max_outputs.saturating_mul(RECORD));
+    outputs.max(4 << 20).saturating_add(64 << 10)
 }
 
 fn wit_qos(q: QoS) -> Qos {

@@ -5,11 +5,11 @@
 //! WASI: no preopened directories, no environment, no arguments, empty stdin,
 //! no TCP/UDP (every socket address is refused) and no name lookup. Clocks and
 //! random numbers work. stdout and stderr are split into lines (at most
-//! [`MAX_LINE`] bytes each; longer lines are cut) and logged at `info`/`warn`;
-//! a call forwards at most [`MAX_LINES_PER_CALL`] lines (output and `host.log`).
+//! [`MAX_LINE`] bytes each; longer lines are cut) and logged at `info`/`warn`,
+//! within the route's log budget ([`super::log::LogGate`]) like `host.log`.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -22,13 +22,12 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Level};
+use super::log::LogGate;
 use super::Counters;
+use crate::config::LogLevel;
 
 /// Longest line of guest output or of a `host.log` message forwarded to the log.
 pub const MAX_LINE: usize = 4096;
-/// Lines (stdout, stderr and `host.log` together) forwarded per call; the rest
-/// of a call's output is dropped, with one warning.
-pub const MAX_LINES_PER_CALL: u64 = 200;
 /// How many of the last stderr lines a trap report quotes.
 const STDERR_TAIL: usize = 4;
 
@@ -37,7 +36,6 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    route: Arc<str>,
     counters: Arc<Counters>,
     /// Wall-clock deadline of the running call, checked on every epoch tick.
     pub(crate) deadline: Option<Instant>,
@@ -45,27 +43,24 @@ pub struct HostState {
     pub(crate) timed_out: bool,
     /// The last lines the guest wrote to stderr (a panic message, a traceback).
     pub(crate) stderr_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
-    /// Lines the current call may still log.
-    pub(crate) budget: Arc<AtomicU64>,
+    /// The route's log budget, shared by its instances.
+    log: Arc<LogGate>,
 }
 
 impl HostState {
-    pub fn new(route: Arc<str>, memory_limit: usize, counters: Arc<Counters>) -> HostState {
+    pub fn new(memory_limit: usize, counters: Arc<Counters>, log: Arc<LogGate>) -> HostState {
         let stderr_tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
-        let budget = Arc::new(AtomicU64::new(MAX_LINES_PER_CALL));
         let stdout = OutputSink {
-            route: Arc::clone(&route),
             stream: Stream::Stdout,
             counters: Arc::clone(&counters),
             tail: None,
-            budget: Arc::clone(&budget),
+            log: Arc::clone(&log),
         };
         let stderr = OutputSink {
-            route: Arc::clone(&route),
             stream: Stream::Stderr,
             counters: Arc::clone(&counters),
             tail: Some(Arc::clone(&stderr_tail)),
-            budget: Arc::clone(&budget),
+            log: Arc::clone(&log),
         };
         let wasi = WasiCtx::builder()
             .stdout(stdout)
@@ -82,12 +77,11 @@ impl HostState {
                 limit: memory_limit,
                 hit: Arc::new(AtomicBool::new(false)),
             },
-            route,
             counters,
             deadline: None,
             timed_out: false,
             stderr_tail,
-            budget,
+            log,
         }
     }
 
@@ -114,34 +108,18 @@ impl WasiView for HostState {
 impl bindings::fxbridge::transform::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         self.counters.log_lines.fetch_add(1, Ordering::Relaxed);
-        if !spend(&self.budget, &self.route) {
-            return;
-        }
-        let message = truncate(&message);
-        let route = &*self.route;
-        match level {
-            Level::Trace => tracing::trace!(target: "fxbridge::plugin", route, "{message}"),
-            Level::Debug => tracing::debug!(target: "fxbridge::plugin", route, "{message}"),
-            Level::Info => tracing::info!(target: "fxbridge::plugin", route, "{message}"),
-            Level::Warn => tracing::warn!(target: "fxbridge::plugin", route, "{message}"),
-            Level::Error => tracing::error!(target: "fxbridge::plugin", route, "{message}"),
-        }
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.log.log(level, truncate(&message), None);
     }
 }
 
 impl bindings::fxbridge::transform::types::Host for HostState {}
-
-/// Takes one line from the call's budget; warns once when it runs out.
-fn spend(budget: &AtomicU64, route: &str) -> bool {
-    match budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)) {
-        Ok(1) => {
-            tracing::warn!(target: "fxbridge::plugin", route, "plugin output limit reached ({MAX_LINES_PER_CALL} lines per call); dropping the rest of this call's output");
-            false
-        }
-        Ok(_) => true,
-        Err(_) => false,
-    }
-}
 
 fn truncate(s: &str) -> &str {
     if s.len() <= MAX_LINE {
@@ -194,11 +172,10 @@ enum Stream {
 
 /// stdout or stderr of an instance: lines go to `tracing`.
 struct OutputSink {
-    route: Arc<str>,
     stream: Stream,
     counters: Arc<Counters>,
     tail: Option<Arc<Mutex<std::collections::VecDeque<String>>>>,
-    budget: Arc<AtomicU64>,
+    log: Arc<LogGate>,
 }
 
 impl IsTerminal for OutputSink {
@@ -210,11 +187,10 @@ impl IsTerminal for OutputSink {
 impl OutputSink {
     fn writer(&self) -> LineWriter {
         LineWriter {
-            route: Arc::clone(&self.route),
             stream: self.stream,
             counters: Arc::clone(&self.counters),
             tail: self.tail.clone(),
-            budget: Arc::clone(&self.budget),
+            log: Arc::clone(&self.log),
             buf: Vec::new(),
         }
     }
@@ -253,11 +229,10 @@ impl Pollable for LineWriter {
 }
 
 struct LineWriter {
-    route: Arc<str>,
     stream: Stream,
     counters: Arc<Counters>,
     tail: Option<Arc<Mutex<std::collections::VecDeque<String>>>>,
-    budget: Arc<AtomicU64>,
+    log: Arc<LogGate>,
     buf: Vec<u8>,
 }
 
@@ -265,20 +240,14 @@ impl LineWriter {
     fn emit(&mut self, line: &[u8]) {
         let line = String::from_utf8_lossy(line);
         let line = line.trim_end_matches('\r');
-        let route = &*self.route;
-        let forward = spend(&self.budget, route);
         match self.stream {
             Stream::Stdout => {
                 self.counters.stdout_lines.fetch_add(1, Ordering::Relaxed);
-                if forward {
-                    tracing::info!(target: "fxbridge::plugin", route, stream = "stdout", "{line}");
-                }
+                self.log.log(LogLevel::Info, line, Some("stdout"));
             }
             Stream::Stderr => {
                 self.counters.stderr_lines.fetch_add(1, Ordering::Relaxed);
-                if forward {
-                    tracing::warn!(target: "fxbridge::plugin", route, stream = "stderr", "{line}");
-                }
+                self.log.log(LogLevel::Warn, line, Some("stderr"));
             }
         }
         if let Some(tail) = &self.tail {

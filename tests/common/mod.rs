@@ -59,6 +59,17 @@ pub use mosquitto::Mosquitto;
 pub use mqtt::{publish_all, Collector};
 pub use wait::{free_port, wait_until};
 
+/// This process's resident memory (VmRSS), in MiB.
+pub fn process_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
 /// A built plugin in `plugins/dist` (`name` with or without `.wasm`; the
 /// folder can be moved with `FXBRIDGE_PLUGINS_DIST`). Fails, never skips, when
 /// it is missing, saying how to build it.

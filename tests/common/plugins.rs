@@ -34,6 +34,7 @@ pub fn limits(timeout_ms: u64, memory_mib: u64) -> TransformLimits {
         timeout: Duration::from_millis(timeout_ms),
         memory: ByteSize::mib(memory_mib),
         fuel: None,
+        ..TransformLimits::default()
     }
 }
 

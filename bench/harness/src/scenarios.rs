@@ -436,7 +436,7 @@ routes:\n",
         let _ = write!(
             y,
             "  - name: r{k}\n    topic: {filter}\n    qos: {q}\n    function: echo\n    \
-republish: {{topic: \"out/{{1}}\", qos: {q}}}\n    ordering: per-topic\n    max_in_flight: 64\n"
+republish: {{topic: \"out/{{1}}\", qos: {q}, allow: [\"out/#\"]}}\n    ordering: per-topic\n    max_in_flight: 64\n"
         );
         if let Some(p) = plugin {
             // A generous deadline: the benchmark measures the cost of calls

@@ -24,6 +24,16 @@
 //! | `log`         | calls the host `log` import once per level, then passes    | five lines in the host's log |
 //! | `count`       | returns `{"messages":n,"configured":c}` for this instance   | n counts calls on the instance, c its `configure` calls |
 //!
+//! The post hook also takes commands with an argument, for the output policy:
+//!
+//! | command            | results of the post hook                                  |
+//! |--------------------|-----------------------------------------------------------|
+//! | `to:<topic>`       | one result on `<topic>`                                   |
+//! | `retained:<topic>` | one result on `<topic>` with RETAIN                       |
+//! | `mixed:<topic>`    | one result on the route's topic, then one on `<topic>`    |
+//! | `many:<n>`         | `n` results on the route's topic                          |
+//! | `flood:<n>`        | logs `n` lines at `error`, then one result                |
+//!
 //! A probe that unexpectedly succeeds (`file`, `socket`) returns a normal
 //! result naming what it reached, so a test expecting the error fails.
 
@@ -66,6 +76,9 @@ impl Plugin for Hostile {
     }
 
     fn after_invoke(&mut self, _msg: Message, reply: String) -> Result<Vec<Outgoing>, String> {
+        if let Some(outputs) = outputs(reply.trim()) {
+            return Ok(outputs);
+        }
         match self.run(reply.into_bytes()) {
             Outcome::Pass(payload) => Ok(vec![Outgoing::new(None, payload)]),
             Outcome::Fail(reason) => Err(reason),
@@ -123,6 +136,35 @@ impl Hostile {
             _ => Outcome::Pass(input),
         }
     }
+}
+
+/// The results of a post-hook command with an argument (see the table
+/// above), or `None` for any other reply.
+fn outputs(command: &str) -> Option<Vec<Outgoing>> {
+    let (verb, arg) = command.split_once(':')?;
+    let count = || arg.parse::<usize>().unwrap_or(0);
+    Some(match verb {
+        "to" => vec![Outgoing::new(Some(arg.to_string()), arg)],
+        "retained" => {
+            let mut o = Outgoing::new(Some(arg.to_string()), arg);
+            o.retain = true;
+            vec![o]
+        }
+        "mixed" => vec![
+            Outgoing::new(None, "first"),
+            Outgoing::new(Some(arg.to_string()), "second"),
+        ],
+        "many" => (0..count())
+            .map(|i| Outgoing::new(None, i.to_string()))
+            .collect(),
+        "flood" => {
+            for i in 0..count() {
+                log(Level::Error, &format!("hostile: flood line {i}"));
+            }
+            vec![Outgoing::new(None, "flooded")]
+        }
+        _ => return None,
+    })
 }
 
 /// Spins forever; `black_box` keeps the compiler from proving the loop
