@@ -1,19 +1,33 @@
-//! The admin HTTP listener (`admin.listen`): `/metrics` in the Prometheus text
-//! format, `/healthz` (the process is up) and `/readyz` (connected to the broker
-//! with every subscription in place), for Kubernetes probes and dashboards, and
-//! `/reload` (the outcome of the last config reload, as text).
+//! The admin HTTP listener (`admin.listen`, loopback by default): `/metrics`
+//! in the Prometheus text format, `/healthz` (the process is up) and `/readyz`
+//! (every session connected with its subscriptions in place), for Kubernetes
+//! probes and dashboards, and `/reload` (the outcome of the last config
+//! reload, as text).
+//!
+//! Nothing outside may exhaust the bridge through it: at most
+//! `admin.max_connections` connections are served at once (beyond that the
+//! endpoint stops accepting, so waiting clients sit in the kernel's queue and
+//! not in the bridge's file descriptors, which the broker and gateway
+//! connections need); a request's headers must arrive within
+//! `admin.header_timeout`; one request per connection. With `admin.token`,
+//! every path but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
+use crate::config::AdminConfig;
 use crate::metrics::Metrics;
 
 async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -44,28 +58,103 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Binds `addr` (so a taken port fails the start) and serves until `shutdown`.
+/// Refuses a request without the bearer token (probes excepted).
+async fn require_token(State(token): State<Arc<str>>, request: Request, next: Next) -> Response {
+    let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if open || presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response()
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Binds `cfg.listen` (so a taken port fails the start) and serves until
+/// `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
+    cfg: &AdminConfig,
+    token: Option<&str>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>> {
+    let addr = cfg.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("admin endpoint cannot listen on {addr}"))?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/reload", get(reload_status))
         .with_state(metrics);
-    tracing::info!(%addr, "admin endpoint: /metrics /healthz /readyz /reload");
+    if let Some(token) = token {
+        app = app.layer(middleware::from_fn_with_state(
+            Arc::<str>::from(token),
+            require_token,
+        ));
+    }
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let header_timeout = cfg.header_timeout;
+    tracing::info!(%addr, max_connections = cfg.max_connections, token = token.is_some(), "admin endpoint: /metrics /healthz /readyz /reload");
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin endpoint failed");
+        tokio::pin!(shutdown);
+        loop {
+            // At the limit, stop accepting until a connection ends.
+            let permit = tokio::select! {
+                () = &mut shutdown => return,
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let stream = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: wait instead of spinning.
+                        tracing::warn!(error = %e, "admin endpoint cannot accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(header_timeout * 10, connection).await;
+            });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
 }

@@ -343,7 +343,8 @@ impl Metrics {
             for (name, s) in sessions.iter() {
                 let _ = writeln!(
                     out,
-                    "fxbridge_session_connected{{session=\"{name}\",serving=\"{}\"}} {}",
+                    "fxbridge_session_connected{{session=\"{}\",serving=\"{}\"}} {}",
+                    label(name),
                     s.serving.load(Relaxed),
                     u64::from(s.connected.load(Relaxed))
                 );
@@ -404,7 +405,8 @@ impl Metrics {
             for (route, m) in routes.iter() {
                 let _ = writeln!(
                     out,
-                    "fxbridge_{name}{{route=\"{route}\"}} {}",
+                    "fxbridge_{name}{{route=\"{}\"}} {}",
+                    label(route),
                     get(m).load(Relaxed)
                 );
             }
@@ -412,6 +414,22 @@ impl Metrics {
         render_plugins(&mut out, &routes);
         out
     }
+}
+
+/// A label value in the Prometheus text format: `\`, `"` and newlines escaped
+/// (route and session names are restricted anyway; this keeps the page valid
+/// whatever they hold).
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The transform counters of every route.
@@ -445,7 +463,12 @@ fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>
             "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} counter"
         );
         for (route, s) in &snaps {
-            let _ = writeln!(out, "fxbridge_{name}{{route=\"{route}\"}} {}", get(s));
+            let _ = writeln!(
+                out,
+                "fxbridge_{name}{{route=\"{}\"}} {}",
+                label(route),
+                get(s)
+            );
         }
     }
     let kinds: [(&str, Get); 8] = [
@@ -466,9 +489,32 @@ fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>
         for (kind, get) in kinds {
             let _ = writeln!(
                 out,
-                "fxbridge_plugin_errors_total{{route=\"{route}\",kind=\"{kind}\"}} {}",
+                "fxbridge_plugin_errors_total{{route=\"{}\",kind=\"{kind}\"}} {}",
+                label(route),
                 get(s)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label("a\nb"), r"a\nb");
+        let m = Metrics::new();
+        m.route("odd\"route\n");
+        let page = m.render();
+        assert!(
+            page.contains(r#"fxbridge_route_messages_total{route="odd\"route\n"} 0"#),
+            "{page}"
+        );
+        assert!(
+            page.lines().all(|l| !l.ends_with('"')),
+            "no line broken by a label"
+        );
     }
 }

@@ -209,7 +209,7 @@ pub async fn plan(
     if new.broker != old.broker {
         needs_restart.push("broker");
     }
-    if new.admin != old.admin {
+    if new.admin != old.admin || new.admin_token != old.admin_token {
         needs_restart.push("admin");
     }
     let new_host = new.plugins != old.plugins;

@@ -79,7 +79,8 @@ impl Bridge {
             Some(a) => {
                 let stop = CancellationToken::new();
                 let task = crate::admin::serve(
-                    a.listen,
+                    a,
+                    config.admin_token.as_deref(),
                     Arc::clone(&metrics),
                     stop.clone().cancelled_owned(),
                 )

@@ -159,6 +159,18 @@ pub(super) fn check_gateway(g: &GatewayConfig, base: &Path, c: &mut Collector<'_
     }
 }
 
+/// Route and session names: they go into topics (`{route}`), client ids,
+/// metric labels and logs, so they keep to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(safe) || name.starts_with('.') {
+        return Err(format!(
+            "{name:?}: 1 to 64 of the characters A-Z a-z 0-9 - _ . (not starting with a dot)"
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_route(
     rc: RouteConfig,
     path: &str,
@@ -167,21 +179,15 @@ pub(super) fn check_route(
     c: &mut Collector<'_>,
 ) -> Option<Route> {
     let before = c.errors.len();
-    if rc.name.is_empty() || rc.name.contains(['/', '+', '#', '\0']) {
-        c.at(
-            format!("{path}.name"),
-            "must be non-empty and contain no '/', '+', '#' or NUL",
-        );
+    if let Err(e) = check_name(&rc.name) {
+        c.at(format!("{path}.name"), e);
     }
     if rc.function.is_empty() {
         c.at(format!("{path}.function"), "must not be empty");
     }
     if let Some(session) = &rc.session {
-        if session.is_empty() || session.contains(['/', '+', '#', '\0']) {
-            c.at(
-                format!("{path}.session"),
-                "must be non-empty and contain no '/', '+', '#' or NUL",
-            );
+        if let Err(e) = check_name(session) {
+            c.at(format!("{path}.session"), e);
         }
     }
     let filter = TopicFilter::parse(&rc.topic)

@@ -17,6 +17,7 @@ mod check;
 mod errors;
 pub mod locate;
 mod schema;
+mod syntax;
 mod values;
 
 use std::collections::HashSet;
@@ -177,6 +178,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub shutdown: ShutdownConfig,
     pub admin: Option<AdminConfig>,
+    /// `admin.token`, read.
+    pub admin_token: Option<String>,
     /// Where a message no route takes is dead-lettered.
     pub unrouted_dead_letter: Template,
     /// Where the bridge keeps what must survive a restart (the subscriptions
@@ -242,6 +245,7 @@ impl Config {
             file: file.to_string(),
             errors,
         };
+        let text = syntax::strip_bom(text);
         if text.trim().is_empty() {
             return Err(fail(vec![ConfigError {
                 path: String::new(),
@@ -249,14 +253,28 @@ impl Config {
                 message: "the file is empty".into(),
             }]));
         }
+        if let Some(location) = syntax::too_deep(text) {
+            return Err(fail(vec![ConfigError {
+                path: String::new(),
+                location: Some(location),
+                message: format!(
+                    "invalid YAML: collections nested more than {} deep",
+                    syntax::MAX_DEPTH
+                ),
+            }]));
+        }
         let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-            let location = e.location().map(|l| locate::Location {
+            let mut location = e.location().map(|l| locate::Location {
                 line: l.line(),
                 col: l.column(),
             });
             // serde_yaml writes " at line X column Y" into the message; the
             // location says it already.
-            let message = strip_positions(&e.to_string());
+            let mut message = strip_positions(&e.to_string());
+            if message.contains("repetition limit exceeded") {
+                message.push_str(" (aliases expand to more nodes than allowed)");
+                location = location.or_else(|| syntax::first_alias(text));
+            }
             fail(vec![ConfigError {
                 path: String::new(),
                 location,
@@ -431,6 +449,22 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
             c.at("shutdown.drain_timeout", "must be longer than zero");
         }
     }
+    let mut admin_token = None;
+    if let Some(Some(a)) = &admin {
+        if a.max_connections == 0 {
+            c.at("admin.max_connections", "must be at least 1");
+        }
+        if a.header_timeout.is_zero() {
+            c.at("admin.header_timeout", "must be longer than zero");
+        }
+        if let Some(token) = &a.token {
+            match token.resolve(base_dir) {
+                Ok(t) if t.trim().is_empty() => c.at("admin.token", "must not be empty"),
+                Ok(t) => admin_token = Some(t.trim().to_string()),
+                Err(e) => c.at("admin.token", e),
+            }
+        }
+    }
 
     let fuel_metering = plugins.as_ref().is_some_and(|p| p.fuel_metering);
     let mut names = HashSet::new();
@@ -458,6 +492,7 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         plugins: plugins?,
         shutdown: shutdown?,
         admin: admin?,
+        admin_token,
         unrouted_dead_letter: unrouted_dead_letter?,
         state_dir,
         routes,
@@ -543,6 +578,22 @@ routes:
         assert_eq!(err.errors.len(), 1);
         assert_eq!(err.errors[0].path, "routes[0].qoss");
         assert_eq!(err.errors[0].location.map(|l| l.line), Some(11));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let text = format!("\u{feff}{GOOD}");
+        assert!(Config::parse(&text, "b.yaml", Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn route_names_keep_to_a_safe_alphabet() {
+        for bad in ["a b", "a\"b", "a\nb", ".hidden", "é"] {
+            let text = GOOD.replace("name: temp", &format!("name: {bad:?}"));
+            let err = Config::parse(&text, "b.yaml", Path::new(".")).unwrap_err();
+            assert_eq!(err.errors[0].path, "routes[0].name", "{bad:?}: {err}");
+            assert_eq!(err.errors[0].location.map(|l| l.line), Some(8), "{err}");
+        }
     }
 
     #[test]

@@ -215,7 +215,21 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Loopback unless you open it on purpose (`0.0.0.0:9090` in a pod).
+    #[serde(default = "default_admin_listen")]
     pub listen: std::net::SocketAddr,
+    /// A bearer token every request but `/healthz` and `/readyz` must carry
+    /// (`Authorization: Bearer <token>`): a string, `{env: VAR}` or `{file: path}`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Connections served at once; beyond it the endpoint stops accepting
+    /// (they wait in the kernel's queue, not in the bridge's file descriptors).
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+    /// A request whose headers do not arrive within this is dropped; a
+    /// connection lives at most ten times as long.
+    #[serde(default = "default_admin_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 /// One entry of `routes:`.
@@ -501,6 +515,15 @@ fn default_log_burst() -> u32 {
 }
 fn default_log_level() -> LogLevel {
     LogLevel::Warn
+}
+fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_admin_connections() -> usize {
+    64
+}
+fn default_admin_header_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_outputs() -> usize {
     100
