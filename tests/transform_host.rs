@@ -264,6 +264,38 @@ async fn concurrent_calls_on_one_route() {
     assert_eq!(t.idle_instances() as u64, s.instances_created);
 }
 
+/// A burst on a route with no idle instance creates instances one at a time,
+/// and each waiter first looks for one that came back: 32 messages at once
+/// against a plugin that takes 200 ms to start share one or two instances
+/// (before, each of the 32 started its own, all at once, and on a slow or
+/// busy machine all of them missed the setup deadline together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_creates_instances_one_at_a_time() {
+    let t = transform(
+        "hostile",
+        r#"{"configure_spin_ms": 200}"#,
+        &limits(2_000, 64),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let t = Arc::clone(&t);
+        tasks.push(tokio::spawn(async move {
+            let p = format!("burst {i}");
+            let m = Msg::new("hostile/in", &p);
+            match t.before_invoke(&m.hook()).await {
+                Ok(PreDecision::Invoke { input, .. }) => assert_eq!(&input[..], p.as_bytes()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let s = t.snapshot();
+    assert_eq!((s.calls, s.errors()), (32, 0), "{s:?}");
+    assert!(s.instances_created <= 4, "{s:?}");
+}
+
 #[tokio::test]
 async fn a_loop_in_the_post_hook_is_stopped_too() {
     let t = hostile();

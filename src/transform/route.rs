@@ -42,6 +42,11 @@ pub struct RouteTransform {
     /// hostcall fuel: list and string data lifted, counted at host size).
     lift_limit: usize,
     idle: Mutex<Vec<Live>>,
+    /// Held while an instance is created: one at a time per route, so a burst
+    /// of messages with no idle instance (at start, after traps) does not start
+    /// `max_in_flight` instantiations that share the CPU and all miss their
+    /// deadline.
+    creating: tokio::sync::Mutex<()>,
     counters: Arc<Counters>,
     log: Arc<LogGate>,
 }
@@ -109,6 +114,7 @@ impl RouteTransform {
             fuel: limits.fuel.filter(|_| host.fuel_metering),
             lift_limit: lift_limit(limits),
             idle: Mutex::new(Vec::new()),
+            creating: tokio::sync::Mutex::new(()),
             counters,
         })
     }
@@ -331,12 +337,21 @@ impl RouteTransform {
         }
     }
 
+    /// An idle instance, or a new one. A caller that waited for its turn to
+    /// create looks again first: an instance may have come back meanwhile.
     async fn take(&self) -> Result<Live, TransformError> {
-        let idle = self.idle.lock().ok().and_then(|mut i| i.pop());
-        match idle {
+        if let Some(live) = self.pop_idle() {
+            return Ok(live);
+        }
+        let _turn = self.creating.lock().await;
+        match self.pop_idle() {
             Some(live) => Ok(live),
             None => self.instantiate().await,
         }
+    }
+
+    fn pop_idle(&self) -> Option<Live> {
+        self.idle.lock().ok().and_then(|mut i| i.pop())
     }
 
     fn give_back(&self, live: Live) {

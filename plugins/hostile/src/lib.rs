@@ -34,6 +34,9 @@
 //! | `many:<n>`         | `n` results on the route's topic                          |
 //! | `flood:<n>`        | logs `n` lines at `error`, then one result                |
 //!
+//! Its config may be `{"configure_spin_ms": n}`: `configure` then keeps the
+//! CPU busy for `n` ms of wall time, like a slow interpreter start.
+//!
 //! A probe that unexpectedly succeeds (`file`, `socket`) returns a normal
 //! result naming what it reached, so a test expecting the error fails.
 
@@ -60,8 +63,16 @@ enum Outcome {
 }
 
 impl Plugin for Hostile {
-    fn configure(_config_json: &str) -> Result<Self, String> {
+    fn configure(config_json: &str) -> Result<Self, String> {
         CONFIGURED.fetch_add(1, Ordering::SeqCst);
+        let config: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
+        if let Some(ms) = config.get("configure_spin_ms").and_then(|v| v.as_u64()) {
+            // A slow start (an interpreter's, say): busy for `ms` of wall time.
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < until {
+                black_box(0u64);
+            }
+        }
         Ok(Hostile { messages: 0 })
     }
 
