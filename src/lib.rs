@@ -20,7 +20,7 @@
 //! Around it: [`bridge`] wires, starts and stops the parts; [`reload`] watches
 //! the config and applies a new version; [`metrics`] counts; `admin` serves the
 //! counters and health over HTTP; `broker` embeds an MQTT broker; `tls` builds
-//! TLS client settings; `topic` matches filters and renders templates;
+//! TLS client settings; [`topic`] matches filters and renders templates;
 //! [`message`] holds the types that travel between stages; [`shutdown`] has
 //! the phases of stopping; [`tools`] are the
 //! plugin author's commands; [`cli`] and `demo` are the command line.
@@ -49,7 +49,7 @@ mod router;
 pub mod shutdown;
 mod tls;
 pub mod tools;
-mod topic;
+pub mod topic;
 pub mod transform;
 
 pub use bridge::Bridge;

@@ -56,6 +56,17 @@ impl TopicFilter {
             }
             None => (None, raw),
         };
+        Self::from_levels(raw, share_group, filter)
+    }
+
+    /// Parses `raw` as a filter of topic names only: a leading `$share/` is
+    /// two literal levels here, not a shared subscription. For the topic space
+    /// of a template, whose literal text may start with anything.
+    fn parse_plain(raw: &str) -> Result<Self, String> {
+        Self::from_levels(raw, None, raw)
+    }
+
+    fn from_levels(raw: &str, share_group: Option<String>, filter: &str) -> Result<Self, String> {
         let parts: Vec<&str> = filter.split('/').collect();
         let mut levels = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
@@ -266,34 +277,51 @@ impl Template {
     /// from the first level with a value that may span levels (`{topic}`, the
     /// `#` capture) on, `#`. `results/{1}/t` under `s/+/in` is `results/+/t`.
     pub fn topic_space(&self, filter: &TopicFilter, route: &str) -> TopicFilter {
-        const ONE: char = '\u{1}';
-        const MANY: char = '\u{2}';
-        let mut rendered = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => rendered.push_str(s),
-                Part::Topic => rendered.push(MANY),
-                Part::Route if route.contains('/') => rendered.push(MANY),
-                Part::Route => rendered.push(ONE),
-                Part::Capture(i) if filter.capture_is_multi_level(*i) => rendered.push(MANY),
-                Part::Capture(_) => rendered.push(ONE),
+        /// What the level being built holds besides literal text.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Value {
+            None,
+            One,
+            Many,
+        }
+        let mut levels: Vec<String> = Vec::new();
+        let mut literal = String::new();
+        let mut value = Value::None;
+        'parts: for part in &self.parts {
+            let v = match part {
+                Part::Literal(s) => {
+                    let mut pieces = s.split('/');
+                    literal.push_str(pieces.next().unwrap_or_default());
+                    for piece in pieces {
+                        match value {
+                            Value::Many => break 'parts,
+                            Value::One => levels.push("+".into()),
+                            Value::None => levels.push(std::mem::take(&mut literal)),
+                        }
+                        literal = piece.to_string();
+                        value = Value::None;
+                    }
+                    continue;
+                }
+                Part::Topic => Value::Many,
+                Part::Route if route.contains('/') => Value::Many,
+                Part::Route => Value::One,
+                Part::Capture(i) if filter.capture_is_multi_level(*i) => Value::Many,
+                Part::Capture(_) => Value::One,
+            };
+            if value != Value::Many {
+                value = v;
             }
         }
-        let mut levels = Vec::new();
-        for level in rendered.split('/') {
-            if level.contains(MANY) {
-                levels.push("#".to_string());
-                break;
-            }
-            levels.push(if level.contains(ONE) {
-                "+".to_string()
-            } else {
-                level.to_string()
-            });
+        match value {
+            Value::Many => levels.push("#".into()),
+            Value::One => levels.push("+".into()),
+            Value::None => levels.push(literal),
         }
         let raw = levels.join("/");
-        // Every level is a literal from a parsed template, `+` or a final `#`.
-        TopicFilter::parse(&raw).unwrap_or_else(|_| TopicFilter {
+        // Every level is a literal from a parsed template (no wildcard, no
+        // NUL), `+`, or a final `#`.
+        TopicFilter::parse_plain(&raw).unwrap_or_else(|_| TopicFilter {
             raw: "#".into(),
             share_group: None,
             levels: vec![Level::Multi],
@@ -367,6 +395,22 @@ mod tests {
         assert_eq!(space("results/{1}/t", "s/+/in"), "results/+/t");
         assert_eq!(space("copy/{route}/{topic}", "s/#"), "copy/+/#");
         assert_eq!(space("x/{2}/y", "a/+/#"), "x/#");
+        // Found by fuzzing: literal text that starts like a shared subscription
+        // is still the topic it renders to.
+        let f = TopicFilter::parse("#").unwrap();
+        let t = Template::parse("$share/g/a/b", 1).unwrap();
+        let rendered = t
+            .render(TemplateContext {
+                topic: "x",
+                route: "r1",
+                captures: &["x".to_string()],
+            })
+            .unwrap();
+        assert!(t.topic_space(&f, "r1").matches(&rendered).is_some());
+        // Control characters in literal text are literal text.
+        assert_eq!(space("a\u{2}/{1}", "s/+"), "a\u{2}/+");
+        assert_eq!(space("a/{1}x/{1}", "s/+"), "a/+/+");
+        assert_eq!(space("{1}/b", "s/#"), "#");
         assert_eq!(space("dev-{1}/out", "s/+"), "+/out");
         assert_eq!(
             space("fxbridge/dead-letter/{route}", "s/+"),

@@ -275,6 +275,9 @@ impl Config {
                 message.push_str(" (aliases expand to more nodes than allowed)");
                 location = location.or_else(|| syntax::first_alias(text));
             }
+            // At the end of a text without a final line break the parser
+            // points one line past it: point at the end of the last line.
+            location = location.map(|l| syntax::within(text, l));
             fail(vec![ConfigError {
                 path: String::new(),
                 location,
@@ -291,6 +294,9 @@ impl Config {
             Some(cfg) if c.errors.is_empty() => Ok(cfg),
             _ => {
                 let mut errors = c.errors;
+                for e in &mut errors {
+                    e.location = e.location.map(|l| syntax::within(text, l));
+                }
                 // In file order; errors without a line (whole-file ones) first.
                 errors.sort_by_key(|e| e.location.map(|l| (l.line, l.col)));
                 Err(fail(errors))

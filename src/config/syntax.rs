@@ -58,6 +58,21 @@ pub fn too_deep(text: &str) -> Option<Location> {
     None
 }
 
+/// `location`, moved back onto the last line of `text` if it lies past it
+/// (YAML breaks lines at `\r\n`, `\n` and a lone `\r`).
+pub fn within(text: &str, location: Location) -> Location {
+    let normal = text.replace("\r\n", "\n").replace('\r', "\n");
+    let lines: Vec<&str> = normal.split('\n').collect();
+    if location.line <= lines.len() {
+        return location;
+    }
+    let last = lines.last().map_or(0, |l| l.chars().count());
+    Location {
+        line: lines.len(),
+        col: last + 1,
+    }
+}
+
 /// The first alias (`*name`) in `text`: where to point when aliases expand
 /// to more than the parser allows.
 pub fn first_alias(text: &str) -> Option<Location> {
@@ -85,6 +100,13 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         let fine = format!("a: \"{}\" # {}\nb: [[1]]", "[".repeat(100), "{".repeat(100));
         assert_eq!(too_deep(&fine), None);
+    }
+
+    #[test]
+    fn a_location_past_the_end_moves_to_the_last_line() {
+        let end = Location { line: 2, col: 1 };
+        assert_eq!(within("y: {url", end), Location { line: 1, col: 8 });
+        assert_eq!(within("a\rb", end), end);
     }
 
     #[test]
