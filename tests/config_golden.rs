@@ -76,22 +76,3 @@ fn the_shipped_example_config_is_valid() {
         "bridge.yaml: OK (2 routes)\n"
     );
 }
-
-/// A file saved with a UTF-8 byte-order mark (as some Windows editors do) is
-/// the same config (serde_yaml alone reads the mark as a second document).
-#[test]
-fn a_byte_order_mark_is_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bridge.yaml");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let seed = std::fs::read(root.join("fuzz/corpus/config_parse/bom.yaml")).unwrap();
-    assert!(seed.starts_with("\u{feff}".as_bytes()), "the seed starts with a BOM");
-    std::fs::write(&file, &seed).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fxbridge"))
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-}
