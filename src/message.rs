@@ -52,6 +52,10 @@ pub struct Message {
     pub user_properties: Vec<(String, String)>,
     /// MQTT 5 content type.
     pub content_type: Option<String>,
+    /// MQTT 5 response topic: where the sender wants the reply (a request).
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data: the sender's tag, returned with the reply.
+    pub correlation_data: Option<Bytes>,
 }
 
 impl Message {
@@ -64,6 +68,8 @@ impl Message {
             retain: false,
             user_properties: Vec::new(),
             content_type: None,
+            response_topic: None,
+            correlation_data: None,
         }
     }
 }

@@ -147,6 +147,17 @@ async fn run(
         )
         .into());
     }
+    // An MQTT 5 request: refuse a response topic the route may not publish to
+    // before anything runs for it.
+    let respond_to = match &msg.response_topic {
+        Some(topic) if route.config.response.enabled => {
+            if let Some(reason) = route.refuse_response(topic, guarded) {
+                return Err(Failure::new(Stage::OutputRefused, reason).into());
+            }
+            Some(topic.as_str())
+        }
+        _ => None,
+    };
     let hook = HookMessage {
         route: name,
         function: &route.config.function,
@@ -197,7 +208,7 @@ async fn run(
             f.plugin_error = Some(e.kind());
             f
         })?,
-        None if route.republish.is_some() => vec![OutMessage {
+        None if route.republish.is_some() || respond_to.is_some() => vec![OutMessage {
             topic: None,
             payload: Bytes::from(reply.into_bytes()),
             qos: None,
@@ -229,6 +240,18 @@ async fn run(
     }
     for out in outs {
         let own_topic = out.topic.is_some();
+        if let (false, Some(topic)) = (own_topic, respond_to) {
+            // The reply to a request, first; then, if the route republishes,
+            // the same result there too.
+            let reply = response(route, msg, topic, &out);
+            svc.publisher
+                .check(&reply)
+                .map_err(|e| too_large(&reply, &e))?;
+            publishes.push(reply);
+            if route.republish.is_none() {
+                continue;
+            }
+        }
         let publish =
             resolve(ctx, msg, captures, out).map_err(|e| Failure::new(Stage::Publish, e))?;
         if own_topic {
@@ -370,7 +393,24 @@ fn resolve(
         retain: out.retain || (default_target && target.is_some_and(|t| t.retain)),
         user_properties: out.user_properties,
         content_type: None,
+        response_topic: None,
+        correlation_data: None,
     })
+}
+
+/// The reply to a request: `out` on the request's response topic, with its
+/// correlation data and content type, never retained.
+fn response(route: &Route, request: &Message, topic: &str, out: &OutMessage) -> Message {
+    Message {
+        topic: topic.to_string(),
+        payload: out.payload.clone(),
+        qos: route.config.response.qos.unwrap_or(request.qos),
+        retain: false,
+        user_properties: out.user_properties.clone(),
+        content_type: request.content_type.clone(),
+        response_topic: None,
+        correlation_data: request.correlation_data.clone(),
+    }
 }
 
 /// Publishes until the broker confirms or refuses. Connection losses are retried

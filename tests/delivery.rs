@@ -604,102 +604,6 @@ async fn backpressure_bounds_what_the_bridge_holds() {
     bridge.stop().await.unwrap();
 }
 
-mod v5 {
-    //! A minimal MQTT 5 client for the protocol test.
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
-    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-
-    #[derive(Debug, Clone)]
-    pub struct Got {
-        pub topic: String,
-        pub payload: Vec<u8>,
-        pub user_properties: Vec<(String, String)>,
-        pub content_type: Option<String>,
-    }
-
-    pub struct Client {
-        pub client: AsyncClient,
-        pub got: Arc<Mutex<Vec<Got>>>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Client {
-        pub async fn start(port: u16, filters: &[&str]) -> Client {
-            let opts = MqttOptions::new(super::common::wait::unique("v5"), "127.0.0.1", port);
-            let (client, mut el) = AsyncClient::new(opts, 100);
-            for f in filters {
-                client.try_subscribe(*f, QoS::AtLeastOnce).unwrap();
-            }
-            let got = Arc::new(Mutex::new(Vec::new()));
-            let sink = Arc::clone(&got);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let want = filters.len();
-            let task = tokio::spawn(async move {
-                let mut tx = Some(tx);
-                let mut subacks = 0;
-                loop {
-                    match el.poll().await {
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let props = p.properties.unwrap_or_default();
-                            sink.lock().unwrap().push(Got {
-                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                                payload: p.payload.to_vec(),
-                                user_properties: props.user_properties,
-                                content_type: props.content_type,
-                            });
-                        }
-                        Ok(Event::Incoming(Packet::SubAck(_))) => {
-                            subacks += 1;
-                            if subacks >= want {
-                                if let Some(tx) = tx.take() {
-                                    let _ = tx.send(());
-                                }
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            });
-            tokio::time::timeout(Duration::from_secs(10), rx)
-                .await
-                .unwrap()
-                .unwrap();
-            Client { client, got, task }
-        }
-
-        pub fn publish(&self, topic: &str, payload: &[u8], props: Vec<(String, String)>) {
-            let p = PublishProperties {
-                user_properties: props,
-                ..Default::default()
-            };
-            self.client
-                .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_vec(), p)
-                .unwrap();
-        }
-
-        pub fn on(&self, topic: &str) -> Vec<Got> {
-            self.got
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|g| g.topic == topic)
-                .cloned()
-                .collect()
-        }
-    }
-
-    impl Drop for Client {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_user_properties_reach_the_dead_letter_envelope() {
     let broker = Mosquitto::start();
@@ -707,7 +611,8 @@ async fn mqtt5_user_properties_reach_the_dead_letter_envelope() {
     let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
         .route(r#"{name: five, topic: "v5/+/in", function: f, republish: {topic: "v5/{1}/out"}}"#);
     cfg.protocol = "5".into();
-    let client = v5::Client::start(broker.port(), &["v5/+/out", "fxbridge/dead-letter/#"]).await;
+    let client =
+        common::mqtt5::Client::start(broker.port(), &["v5/+/out", "fxbridge/dead-letter/#"]).await;
     let bridge = start_in_process(&cfg).await;
     let props = vec![
         ("trace-id".to_string(), "abc-123".to_string()),

@@ -218,6 +218,17 @@ pub(super) fn check_route(
             }
         }
     }
+    let mut response_allow = Vec::new();
+    for (i, f) in rc.response.allow.iter().enumerate() {
+        match TopicFilter::parse(f) {
+            Ok(filter) if filter.share_group().is_none() => response_allow.push(filter),
+            Ok(_) => c.at(
+                format!("{path}.response.allow[{i}]"),
+                "a topic filter of response topics, not a shared subscription",
+            ),
+            Err(e) => c.at(format!("{path}.response.allow[{i}]"), e),
+        }
+    }
     let dead_letter = Template::parse(&rc.dead_letter, captures)
         .map_err(|e| c.at(format!("{path}.dead_letter"), e))
         .ok();
@@ -288,6 +299,7 @@ pub(super) fn check_route(
         transform_config_json,
         component_path,
         outputs,
+        response_allow,
         config: rc,
     })
 }

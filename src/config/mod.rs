@@ -27,12 +27,12 @@ use std::path::{Path, PathBuf};
 pub use self::errors::{ConfigError, ConfigErrors};
 pub use self::schema::{
     AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, LogLevel, MqttConfig,
-    Order, PluginsConfig, RepublishConfig, Retained, RetryConfig, RouteConfig, ShutdownConfig,
-    TransformConfig, TransformLimits, UnroutedConfig,
+    Order, PluginsConfig, RepublishConfig, ResponseConfig, Retained, RetryConfig, RouteConfig,
+    ShutdownConfig, TransformConfig, TransformLimits, UnroutedConfig,
 };
 pub use self::values::{ByteSize, GrpcCode, Protocol, Secret};
 pub use crate::tls::TlsFiles;
-use crate::topic::{Template, TopicFilter};
+use crate::topic::{check_publish_topic, Template, TopicFilter};
 use check::{check_gateway, check_mqtt, check_route, check_url};
 use errors::Collector;
 use locate::Positions;
@@ -54,6 +54,8 @@ pub struct Route {
     pub component_path: Option<PathBuf>,
     /// Where this route's results may go.
     pub outputs: OutputPolicy,
+    /// `response.allow`, parsed.
+    pub response_allow: Vec<TopicFilter>,
 }
 
 /// Where a route's results may be published (`republish.allow`,
@@ -134,6 +136,39 @@ impl OutputPolicy {
 impl Route {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Why a request's response topic (chosen by whoever sent it) may not be
+    /// published to, given the `guarded` dead-letter topic spaces: it must be
+    /// a topic name, inside `response.allow` when set, and neither the route's
+    /// own input (a loop) nor a dead-letter topic.
+    pub fn refuse_response(&self, topic: &str, guarded: &[TopicFilter]) -> Option<String> {
+        if let Err(e) = check_publish_topic(topic, false) {
+            return Some(format!(
+                "the request's response topic is not publishable: {e}"
+            ));
+        }
+        let allow = &self.response_allow;
+        if !allow.is_empty() && !allow.iter().any(|f| f.matches(topic).is_some()) {
+            let allowed: Vec<&str> = allow.iter().map(TopicFilter::as_str).collect();
+            return Some(format!(
+                "the request's response topic {topic:?} is outside routes[].response.allow ({})",
+                allowed.join(", ")
+            ));
+        }
+        if self.filter.matches(topic).is_some() {
+            return Some(format!(
+                "the request's response topic {topic:?} is the route's own input {:?} (a loop)",
+                self.filter.topics()
+            ));
+        }
+        if let Some(dl) = guarded.iter().find(|g| g.matches(topic).is_some()) {
+            return Some(format!(
+                "the request's response topic {topic:?} is a dead-letter topic ({})",
+                dl.as_str()
+            ));
+        }
+        None
     }
 
     /// The subscriber session that receives this route's messages: its
@@ -536,6 +571,28 @@ routes:
         assert!(cfg.mqtt.persistent_session);
         assert_eq!(cfg.gateway.timeout, Duration::from_secs(10));
         assert_eq!(r.transform_config_json, "null");
+    }
+
+    #[test]
+    fn a_response_topic_must_be_a_topic_allowed_and_no_loop() {
+        let text = "
+mqtt: {url: mqtt://127.0.0.1:1883}
+gateway: {url: http://127.0.0.1:1}
+routes:
+  - {name: open, topic: req/+, function: f}
+  - {name: fenced, topic: ask/+, function: f, response: {allow: [resp/#]}}
+";
+        let cfg = Config::parse(text, "bridge.yaml", Path::new(".")).unwrap();
+        let (open, fenced) = (&cfg.routes[0], &cfg.routes[1]);
+        let guarded = [TopicFilter::parse("fxbridge/dead-letter/#").unwrap()];
+        assert!(open.config.response.enabled);
+        assert_eq!(open.refuse_response("anything/at/all", &guarded), None);
+        for bad in ["req/x", "fxbridge/dead-letter/open", "a/+", "$SYS/x", ""] {
+            assert!(open.refuse_response(bad, &guarded).is_some(), "{bad:?}");
+        }
+        assert_eq!(fenced.refuse_response("resp/dev-1", &guarded), None);
+        let outside = fenced.refuse_response("other/dev-1", &guarded).unwrap();
+        assert!(outside.contains("response.allow (resp/#)"), "{outside}");
     }
 
     #[test]

@@ -272,6 +272,35 @@ pub struct RouteConfig {
     /// What to do with retained messages the broker replays on subscribing.
     #[serde(default)]
     pub retained: Retained,
+    /// Replies to MQTT 5 requests (messages with a Response Topic).
+    #[serde(default)]
+    pub response: ResponseConfig,
+}
+
+/// `routes[].response`: under MQTT 5, a message with a Response Topic is a
+/// request, and the results for the route's republish target are its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Topic filters a response topic must match; empty: any topic but the
+    /// route's own input and dead-letter topics (never allowed).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// QoS of the reply; the request's when absent.
+    #[serde(default)]
+    pub qos: Option<QoS>,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            enabled: true,
+            allow: Vec::new(),
+            qos: None,
+        }
+    }
 }
 
 /// `routes[].retained`: retained messages, which a broker sends (RETAIN set)

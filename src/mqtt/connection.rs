@@ -309,7 +309,7 @@ impl Client {
         }
     }
 
-    /// Queues a PUBLISH. User properties and content type exist only under MQTT 5.
+    /// Queues a PUBLISH. Properties exist only under MQTT 5.
     pub fn try_publish(&self, m: &Message) -> Result<(), NoRoom> {
         match self {
             Client::V4(c) => c
@@ -319,6 +319,8 @@ impl Client {
                 let props = v5::mqttbytes::v5::PublishProperties {
                     user_properties: m.user_properties.clone(),
                     content_type: m.content_type.clone(),
+                    response_topic: m.response_topic.clone(),
+                    correlation_data: m.correlation_data.clone(),
                     ..Default::default()
                 };
                 c.try_publish_with_properties(
@@ -450,6 +452,8 @@ fn event_v4(ev: rumqttc::Event) -> Event {
                 retain: p.retain,
                 user_properties: Vec::new(),
                 content_type: None,
+                response_topic: None,
+                correlation_data: None,
             },
         }),
         E::Incoming(Packet::PubAck(a)) => Event::PubAck {
@@ -488,18 +492,11 @@ fn event_v5(ev: v5::Event) -> Event {
             max_packet_size: c.properties.and_then(|p| p.max_packet_size),
         },
         v5::Event::Incoming(Packet::Publish(p)) => {
-            let (user_properties, content_type, subscription_ids) = match p.properties {
-                Some(props) => (
-                    props.user_properties,
-                    props.content_type,
-                    props.subscription_identifiers,
-                ),
-                None => (Vec::new(), None, Vec::new()),
-            };
+            let props = p.properties.unwrap_or_default();
             Event::Publish(Received {
                 pkid: p.pkid,
                 dup: p.dup,
-                subscription_ids,
+                subscription_ids: props.subscription_identifiers,
                 msg: Message {
                     // MQTT 5 topics are UTF-8 by the spec; a broker that breaks it
                     // still gets its message processed, under a lossy topic.
@@ -507,8 +504,10 @@ fn event_v5(ev: v5::Event) -> Event {
                     payload: p.payload,
                     qos: p.qos.into(),
                     retain: p.retain,
-                    user_properties,
-                    content_type,
+                    user_properties: props.user_properties,
+                    content_type: props.content_type,
+                    response_topic: props.response_topic,
+                    correlation_data: props.correlation_data,
                 },
             })
         }

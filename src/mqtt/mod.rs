@@ -83,8 +83,8 @@ pub enum Event {
 
 /// The size of a PUBLISH packet of `msg` as it goes on the wire (fixed header
 /// included), which is what a broker compares with its Maximum Packet Size.
-/// Only the properties the bridge sends under MQTT 5 are counted: content type
-/// and user properties.
+/// Only the properties the bridge sends under MQTT 5 are counted: content type,
+/// response topic, correlation data and user properties.
 pub fn publish_packet_size(protocol: Protocol, msg: &Message) -> usize {
     let mut remaining = 2 + msg.topic.len() + msg.payload.len();
     if msg.qos != QoS::AtMostOnce {
@@ -94,6 +94,12 @@ pub fn publish_packet_size(protocol: Protocol, msg: &Message) -> usize {
         let mut props = 0;
         if let Some(ct) = &msg.content_type {
             props += 1 + 2 + ct.len();
+        }
+        if let Some(rt) = &msg.response_topic {
+            props += 1 + 2 + rt.len();
+        }
+        if let Some(cd) = &msg.correlation_data {
+            props += 1 + 2 + cd.len();
         }
         for (k, v) in &msg.user_properties {
             props += 1 + 2 + k.len() + 2 + v.len();
@@ -176,10 +182,14 @@ mod tests {
                     if props {
                         m.content_type = Some("application/json".into());
                         m.user_properties = vec![("k".into(), "v".repeat(300))];
+                        m.response_topic = Some("resp/dev-1".into());
+                        m.correlation_data = Some(Bytes::from_static(b"\x00id-42"));
                     }
                     let p = v5::mqttbytes::v5::PublishProperties {
                         user_properties: m.user_properties.clone(),
                         content_type: m.content_type.clone(),
+                        response_topic: m.response_topic.clone(),
+                        correlation_data: m.correlation_data.clone(),
                         ..Default::default()
                     };
                     let mut v5p = v5::mqttbytes::v5::Publish::new(

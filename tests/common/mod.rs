@@ -10,6 +10,8 @@
 //!   and which records every invocation.
 //! - [`mqtt`]: `publish_all` (QoS 1, confirmed by the broker) and [`mqtt::Collector`]
 //!   (subscribes, records every message, waits for N distinct, counts duplicates).
+//! - [`mqtt5::Client`]: an MQTT 5 client that publishes with properties (user
+//!   properties, response topic, correlation data) and records theirs.
 //! - [`proxy::MqttProxy`]: a TCP proxy that parses MQTT 3.1.1 packets, to see
 //!   PUBLISH/PUBACK order on the wire, and can cut every connection.
 //! - [`tcp::TcpProxy`]: a plain TCP proxy that can black-hole its traffic.
@@ -48,6 +50,7 @@ pub mod bridge;
 pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod mqtt5;
 pub mod plugins;
 pub mod proxy;
 pub mod tcp;
