@@ -56,6 +56,9 @@ pub struct Message {
     pub response_topic: Option<String>,
     /// MQTT 5 correlation data: the sender's tag, returned with the reply.
     pub correlation_data: Option<Bytes>,
+    /// MQTT 5 message expiry interval in seconds, as delivered (the broker
+    /// counts down the time it held the message). Never sent by the bridge.
+    pub expiry_interval: Option<u32>,
 }
 
 impl Message {
@@ -70,6 +73,7 @@ impl Message {
             content_type: None,
             response_topic: None,
             correlation_data: None,
+            expiry_interval: None,
         }
     }
 }

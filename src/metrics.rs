@@ -27,6 +27,8 @@ pub struct RouteMetrics {
     pub superseded: AtomicU64,
     /// Retained messages skipped (`retained: skip` or `skip-on-resubscribe`).
     pub retained_skipped: AtomicU64,
+    /// MQTT 5 messages whose expiry interval ran out before Invoke.
+    pub expired: AtomicU64,
     /// Time from dispatch to done, summed, in microseconds.
     pub latency_us_sum: AtomicU64,
     /// The route's transform plugin (calls, errors by kind, instances).
@@ -352,7 +354,7 @@ impl Metrics {
         }
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         type Field = fn(&RouteMetrics) -> &AtomicU64;
-        let fields: [(&str, &str, Field); 11] = [
+        let fields: [(&str, &str, Field); 12] = [
             (
                 "route_messages_total",
                 "Messages taken by the route.",
@@ -390,6 +392,11 @@ impl Metrics {
                 "route_retained_skipped_total",
                 "Retained messages the route skipped (routes[].retained).",
                 |r| &r.retained_skipped,
+            ),
+            (
+                "route_expired_total",
+                "MQTT 5 messages whose expiry interval ran out before Invoke (not invoked).",
+                |r| &r.expired,
             ),
             (
                 "route_latency_microseconds_sum",

@@ -81,6 +81,9 @@ enum Fate {
     DeadLetter(Failure),
     /// It did not finish and must not be acknowledged.
     Abandon,
+    /// Its MQTT 5 expiry interval ran out before it was invoked: it is done,
+    /// without a call or a result.
+    Expired,
 }
 
 impl From<Failure> for Fate {
@@ -106,8 +109,13 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         return;
     }
     count(&ctx.metrics.messages);
-    let outcome = match run(ctx, svc, &msg, &captures, &guarded).await {
+    let outcome = match run(ctx, svc, &msg, &captures, &guarded, dispatched).await {
         Ok(()) => true,
+        Err(Fate::Expired) => {
+            count(&ctx.metrics.expired);
+            debug!(route = ctx.route.name(), topic = %msg.topic, "expired before it was invoked");
+            true
+        }
         Err(Fate::DeadLetter(failure)) => dead_letter(ctx, svc, &msg, &captures, failure).await,
         Err(Fate::Abandon) => false,
     };
@@ -133,8 +141,15 @@ async fn run(
     msg: &Message,
     captures: &[String],
     guarded: &[TopicFilter],
+    dispatched: Instant,
 ) -> Result<(), Fate> {
     let route = &ctx.route;
+    let expires = msg
+        .expiry_interval
+        .map(|s| dispatched + Duration::from_secs(u64::from(s)));
+    if expires.is_some_and(|e| Instant::now() >= e) {
+        return Err(Fate::Expired);
+    }
     let name = route.name();
     if msg.payload.len() > svc.max_payload {
         return Err(Failure::new(
@@ -199,7 +214,7 @@ async fn run(
     };
 
     // 2. Invoke.
-    let reply = invoke(ctx, svc, &function, input).await?;
+    let reply = invoke(ctx, svc, &function, input, msg, expires).await?;
 
     // 3. After Invoke.
     let outs = match ctx.transform.as_deref().filter(|t| t.has_after()) {
@@ -213,7 +228,9 @@ async fn run(
             payload: Bytes::from(reply.into_bytes()),
             qos: None,
             retain: false,
-            user_properties: Vec::new(),
+            // MQTT 5: the result keeps the request's user properties (trace
+            // context, units, ...).
+            user_properties: msg.user_properties.clone(),
         }],
         None => Vec::new(),
     };
@@ -287,20 +304,30 @@ fn too_large(publish: &Message, e: &PublishError) -> Fate {
     .into()
 }
 
-/// Invokes with the route's retry policy.
+/// Invokes with the route's retry policy; a message that `expires` is not
+/// invoked (again) once that time has passed.
 async fn invoke(
     ctx: &RouteCtx,
     svc: &Services,
     function: &str,
     input: Bytes,
+    msg: &Message,
+    expires: Option<Instant>,
 ) -> Result<String, Fate> {
     let retry = &ctx.route.config.retry;
     let deadline = ctx.route.config.timeout.unwrap_or(svc.default_timeout);
     let mut counted = 0u32; // attempts that count against retry.attempts
     let mut tries = 0u32;
     loop {
+        if expires.is_some_and(|e| Instant::now() >= e) {
+            return Err(Fate::Expired);
+        }
         tries += 1;
-        let error = match svc.gateway.invoke(function, input.clone(), deadline).await {
+        let error = match svc
+            .gateway
+            .invoke(function, input.clone(), deadline, &msg.user_properties)
+            .await
+        {
             Ok(reply) => {
                 count(&ctx.metrics.invoked);
                 return Ok(reply);
@@ -395,6 +422,7 @@ fn resolve(
         content_type: None,
         response_topic: None,
         correlation_data: None,
+        expiry_interval: None,
     })
 }
 
@@ -410,6 +438,7 @@ fn response(route: &Route, request: &Message, topic: &str, out: &OutMessage) -> 
         content_type: request.content_type.clone(),
         response_topic: None,
         correlation_data: request.correlation_data.clone(),
+        expiry_interval: None,
     }
 }
 
@@ -457,7 +486,8 @@ async fn publish_dead_letter(
     };
     dead.payload = Bytes::from(payload);
     match publish_confirmed(svc, dead).await {
-        Ok(()) => true,
+        // (Publishing has no expiry: `Expired` does not come from here.)
+        Ok(()) | Err(Fate::Expired) => true,
         Err(Fate::Abandon) => false,
         Err(Fate::DeadLetter(e)) => {
             // A dead letter the broker refuses cannot be delivered anywhere else;

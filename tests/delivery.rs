@@ -639,18 +639,15 @@ async fn mqtt5_user_properties_reach_the_dead_letter_envelope() {
     assert_eq!(env["grpc_code"], "INVALID_ARGUMENT");
     assert_eq!(env["attempts"], 1);
 
-    // Without a transform the republish carries the reply only: the default
-    // result has no user properties (pipeline.rs), and no content type.
+    // Without a transform the result is the reply, keeping the request's user
+    // properties (in order, repeats kept), with no content type.
     client.publish("v5/dev1/in", b"good", props.clone());
     wait_until(LONG, "the result", || !client.on("v5/dev1/out").is_empty()).await;
     let out = client.on("v5/dev1/out");
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].payload, b"good");
-    assert!(
-        out[0].user_properties.is_empty(),
-        "{:?}",
-        out[0].user_properties
-    );
+    assert_eq!(out[0].user_properties, props);
+    assert_eq!(out[0].content_type, None);
     wait_acked(&bridge, 2).await;
     let by: BTreeMap<String, usize> = gw.invocations().iter().fold(BTreeMap::new(), |mut m, i| {
         *m.entry(String::from_utf8_lossy(&i.input).into_owned())

@@ -66,6 +66,7 @@ async fn invoke_once(
             "echo",
             bytes::Bytes::from_static(input),
             Duration::from_secs(5),
+            &[],
         )
         .await
         .map_err(|e| e.status().clone())
@@ -162,6 +163,7 @@ async fn many_concurrent_calls_share_one_connection() {
                     "echo",
                     bytes::Bytes::from(input.clone()),
                     Duration::from_secs(10),
+                    &[],
                 )
                 .await
                 .expect("invoke");
@@ -208,6 +210,7 @@ async fn calls_that_wait_for_a_failing_connection_attempt_share_its_failure() {
                         "echo",
                         bytes::Bytes::from_static(b"x"),
                         Duration::from_secs(10),
+                        &[],
                     )
                     .await
             })
@@ -239,6 +242,7 @@ async fn calls_that_wait_for_a_failing_connection_attempt_share_its_failure() {
             "echo",
             bytes::Bytes::from_static(b"x"),
             Duration::from_secs(10),
+            &[],
         )
         .await
         .expect_err("still nothing answers");

@@ -157,6 +157,40 @@ pub(super) fn check_gateway(g: &GatewayConfig, base: &Path, c: &mut Collector<'_
     if let Some(tls) = &g.tls {
         check_tls_usable(tls, "gateway.tls", base, "gateway", c);
     }
+    for (i, name) in g.forward_user_properties.iter().enumerate() {
+        if let Err(e) = check_metadata_name(name) {
+            c.at(format!("gateway.forward_user_properties[{i}]"), e);
+        }
+    }
+}
+
+/// A user property name that may travel as a gRPC metadata key: a token of
+/// lowercase letters, digits, `-`, `_`, `.` (after lowercasing), not one gRPC
+/// or HTTP/2 reserve for themselves, and not binary (`-bin`).
+fn check_metadata_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    let token =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    if lower.is_empty() || !lower.chars().all(token) {
+        return Err(format!(
+            "{name:?}: a gRPC metadata key has only the characters a-z 0-9 - _ ."
+        ));
+    }
+    const RESERVED: [&str; 6] = [
+        "content-type",
+        "te",
+        "host",
+        "user-agent",
+        "connection",
+        "trailer",
+    ];
+    if lower.starts_with("grpc-") || RESERVED.contains(&lower.as_str()) {
+        return Err(format!("{name:?} is reserved by gRPC or HTTP/2"));
+    }
+    if lower.ends_with("-bin") {
+        return Err(format!("{name:?}: binary (-bin) metadata is not forwarded"));
+    }
+    Ok(())
 }
 
 /// Route and session names: they go into topics (`{route}`), client ids,

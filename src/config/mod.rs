@@ -596,6 +596,40 @@ routes:
     }
 
     #[test]
+    fn forwarded_user_properties_must_be_plain_metadata_keys() {
+        let with = |names: &str| {
+            let text = format!(
+                "mqtt: {{url: mqtt://127.0.0.1:1883}}\ngateway: {{url: http://127.0.0.1:1, forward_user_properties: {names}}}\nroutes: [{{name: a, topic: a, function: f}}]\n"
+            );
+            Config::parse(&text, "bridge.yaml", Path::new("."))
+        };
+        let ok = with("[TraceParent, x-tenant, baggage]").unwrap();
+        assert_eq!(ok.gateway.forward_user_properties.len(), 3);
+        let defaults = with("[traceparent, tracestate]").unwrap();
+        assert_eq!(
+            Config::parse(GOOD, "b.yaml", Path::new("."))
+                .unwrap()
+                .gateway
+                .forward_user_properties,
+            defaults.gateway.forward_user_properties
+        );
+        for bad in [
+            "[grpc-timeout]",
+            "[content-type]",
+            "[trace-bin]",
+            "[\"has space\"]",
+            "[\"\"]",
+            "[\"°C\"]",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("gateway.forward_user_properties[0]"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_line() {
         let text = "
 mqtt:

@@ -110,6 +110,11 @@ pub struct GatewayConfig {
     /// went silent.
     #[serde(default)]
     pub keep_alive: KeepAlive,
+    /// MQTT 5 user properties sent with Invoke as gRPC metadata, by name
+    /// (case-insensitive): W3C trace context by default. The gateway ignores
+    /// metadata it does not know.
+    #[serde(default = "default_forward_user_properties")]
+    pub forward_user_properties: Vec<String>,
 }
 
 /// `gateway.keep_alive`: HTTP/2 PINGs while calls are in flight.
@@ -495,6 +500,9 @@ fn default_multiplier() -> f64 {
 }
 fn default_call_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_forward_user_properties() -> Vec<String> {
+    vec!["traceparent".into(), "tracestate".into()]
 }
 fn default_max_concurrent() -> usize {
     64

@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
@@ -117,6 +118,8 @@ pub struct Gateway {
     client: FxGatewayClient<H2Channel>,
     grpc: tonic::client::Grpc<H2Channel>,
     slots: Arc<Semaphore>,
+    /// `gateway.forward_user_properties`, lowercased: metadata keys.
+    forward: Arc<[MetadataKey<Ascii>]>,
 }
 
 impl Gateway {
@@ -140,10 +143,19 @@ impl Gateway {
             .max_decoding_message_size(cfg.max_message_size.as_usize());
         let grpc = tonic::client::Grpc::with_origin(channel, origin)
             .max_decoding_message_size(cfg.max_message_size.as_usize());
+        let forward = cfg
+            .forward_user_properties
+            .iter()
+            .map(|name| {
+                MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    .with_context(|| format!("{name:?} cannot be a gRPC metadata key"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Gateway {
             client,
             grpc,
             slots: Arc::new(Semaphore::new(cfg.max_concurrent)),
+            forward: forward.into(),
         })
     }
 
@@ -152,11 +164,17 @@ impl Gateway {
     /// The deadline is sent to the gateway (`grpc-timeout`) and also enforced
     /// here, so a gateway that ignores it cannot hold a call forever. Time spent
     /// waiting for a free call slot does not count against it.
+    ///
+    /// Of `properties` (a message's MQTT 5 user properties), those named in
+    /// `gateway.forward_user_properties` go along as metadata, in order; a
+    /// value that is not visible ASCII (what gRPC metadata can carry) is left
+    /// out.
     pub async fn invoke(
         &self,
         function: &str,
         input: Bytes,
         deadline: Duration,
+        properties: &[(String, String)],
     ) -> Result<String, InvokeError> {
         let _slot = self.slots.acquire().await.map_err(|_| {
             InvokeError::Status(Status::new(Code::Cancelled, "gateway client closed"))
@@ -166,6 +184,15 @@ impl Gateway {
             input,
         });
         request.set_timeout(deadline);
+        for (name, value) in properties {
+            let key = self
+                .forward
+                .iter()
+                .find(|k| k.as_str().eq_ignore_ascii_case(name));
+            if let (Some(key), Ok(value)) = (key, MetadataValue::try_from(value.as_str())) {
+                request.metadata_mut().append(key.clone(), value);
+            }
+        }
         let mut grpc = self.grpc.clone();
         let started = tokio::time::Instant::now();
         let call = async move {

@@ -454,6 +454,7 @@ fn event_v4(ev: rumqttc::Event) -> Event {
                 content_type: None,
                 response_topic: None,
                 correlation_data: None,
+                expiry_interval: None,
             },
         }),
         E::Incoming(Packet::PubAck(a)) => Event::PubAck {
@@ -508,6 +509,7 @@ fn event_v5(ev: v5::Event) -> Event {
                     content_type: props.content_type,
                     response_topic: props.response_topic,
                     correlation_data: props.correlation_data,
+                    expiry_interval: props.message_expiry_interval,
                 },
             })
         }

@@ -27,6 +27,9 @@ pub struct Invocation {
     /// The code it was failed with, `None` when it was answered.
     pub failed: Option<Code>,
     pub at: Instant,
+    /// The request's ASCII metadata (its HTTP headers, `content-type`,
+    /// `user-agent`, ... included), in order.
+    pub metadata: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -76,6 +79,15 @@ impl FxGateway for Service {
         &self,
         request: Request<InvokeServiceRequest>,
     ) -> Result<Response<Message>, Status> {
+        let metadata = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k, v)),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
         let req = request.into_inner();
         let input = req.input.to_vec();
         let (fail, delay, prefix) = {
@@ -86,6 +98,7 @@ impl FxGateway for Service {
                 input: input.clone(),
                 failed: fail,
                 at: Instant::now(),
+                metadata,
             });
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);

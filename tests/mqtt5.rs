@@ -1,7 +1,9 @@
-//! MQTT 5 request/response through a route: a request's Response Topic gets
-//! the function's reply with the request's Correlation Data. Checked with
+//! MQTT 5 end to end. Request/response: a request's Response Topic gets the
+//! function's reply with the request's Correlation Data, checked with
 //! `mosquitto_rr` (a client nobody here wrote) and with concurrent requests
-//! of one client matched by correlation data.
+//! of one client matched by correlation data. Metadata: allowlisted user
+//! properties reach the gateway as gRPC metadata and results keep them.
+//! Expiry: a message whose expiry interval ran out is not invoked.
 
 mod common;
 
@@ -194,5 +196,88 @@ async fn responses_can_be_turned_off_and_never_loop() {
     // before the next: with done/1 and done/2 in, none is coming.
     assert!(client.on("resp/quiet").is_empty());
     assert!(client.on("loop/back").is_empty());
+    bridge.stop().await.unwrap();
+}
+
+/// `traceparent` (allowlisted by default) reaches the gateway as gRPC
+/// metadata, other user properties do not; the result keeps them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_reaches_the_gateway_and_the_result() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = v5(
+        &broker,
+        &gw,
+        r#"{name: t, topic: "t/+", function: f, republish: {topic: "t-out/{1}"}}"#,
+    );
+    let client = Client::start(broker.port(), &["t-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let props = vec![
+        ("TraceParent".to_string(), trace.to_string()),
+        ("secret".to_string(), "not for the gateway".to_string()),
+        ("tracestate".to_string(), "unit=°C".to_string()),
+    ];
+    client.publish("t/1", b"hello", props.clone());
+    let out = client.wait_for_n("t-out/1", 1, LONG).await;
+    assert_eq!(out[0].payload, b"hello");
+    assert_eq!(out[0].user_properties, props, "the result keeps them");
+    let calls = gw.invocations();
+    assert_eq!(calls.len(), 1);
+    let md = &calls[0].metadata;
+    assert!(
+        md.contains(&("traceparent".to_string(), trace.to_string())),
+        "{md:?}"
+    );
+    assert!(md.iter().all(|(k, _)| k != "secret"), "{md:?}");
+    // Not visible ASCII: gRPC metadata cannot carry it, so it is left out.
+    assert!(md.iter().all(|(k, _)| k != "tracestate"), "{md:?}");
+    bridge.stop().await.unwrap();
+}
+
+/// A message whose expiry interval runs out while it waits in the bridge
+/// (behind another message of its topic) is not invoked, and is counted; a
+/// message without expiry behind it is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_message_is_not_invoked() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = v5(
+        &broker,
+        &gw,
+        r#"{name: e, topic: "e/+", function: f, republish: {topic: "e-out/{1}"}}"#,
+    );
+    let client = Client::start(broker.port(), &["e-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    gw.hold(b"first");
+    client.publish("e/1", b"first", Vec::new());
+    common::wait::wait_until(LONG, "first held at the gateway", || gw.in_flight() == 1).await;
+    client.publish_with(
+        "e/1",
+        b"short-lived",
+        rumqttc::v5::mqttbytes::v5::PublishProperties {
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        },
+    );
+    client.publish("e/1", b"last", Vec::new());
+    // Both are in the bridge, waiting behind "first" (per-topic order); the
+    // short-lived one's second of life then passes there.
+    common::wait::wait_until(LONG, "three messages received", || {
+        bridge.metrics.totals().0 == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    gw.release();
+    let out = client.wait_for_n("e-out/1", 2, LONG).await;
+    let payloads: Vec<_> = out.iter().map(|g| g.payload.clone()).collect();
+    assert_eq!(payloads, vec![b"first".to_vec(), b"last".to_vec()]);
+    assert_eq!(gw.calls_with(b"short-lived"), 0);
+    let page = bridge.metrics.render();
+    assert_eq!(
+        common::bridge::metric(&page, "route_expired_total{route=\"e\"}"),
+        Some(1),
+        "{page}"
+    );
     bridge.stop().await.unwrap();
 }
