@@ -28,6 +28,28 @@ async fn count(t: &RouteTransform) -> serde_json::Value {
     serde_json::from_str(&text).expect("count is JSON")
 }
 
+/// `tasks` tasks at once, each passing `each` distinct payloads through the
+/// pre hook one after another; every one must come back unchanged.
+async fn pass_through_concurrently(t: &Arc<RouteTransform>, tasks: usize, each: usize) {
+    let mut running = Vec::new();
+    for i in 0..tasks {
+        let t = Arc::clone(t);
+        running.push(tokio::spawn(async move {
+            for j in 0..each {
+                let p = format!("msg {i}/{j}");
+                let m = Msg::new("hostile/in", &p);
+                match t.before_invoke(&m.hook()).await {
+                    Ok(PreDecision::Invoke { input, .. }) => assert_eq!(&input[..], p.as_bytes()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }));
+    }
+    for task in running {
+        task.await.unwrap();
+    }
+}
+
 fn hostile() -> Arc<RouteTransform> {
     transform("hostile", "null", &limits(100, 64))
 }
@@ -237,23 +259,7 @@ async fn sensor_normalize_deadband_state_carries_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_one_route() {
     let t = hostile();
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let t = Arc::clone(&t);
-        tasks.push(tokio::spawn(async move {
-            for j in 0..10 {
-                let p = format!("msg {i}/{j}");
-                let m = Msg::new("hostile/in", &p);
-                match t.before_invoke(&m.hook()).await {
-                    Ok(PreDecision::Invoke { input, .. }) => assert_eq!(&input[..], p.as_bytes()),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    pass_through_concurrently(&t, 16, 10).await;
     let s = t.snapshot();
     assert_eq!(s.calls, 160);
     assert_eq!(s.errors(), 0);
@@ -276,21 +282,7 @@ async fn a_burst_creates_instances_one_at_a_time() {
         r#"{"configure_spin_ms": 200}"#,
         &limits(2_000, 64),
     );
-    let mut tasks = Vec::new();
-    for i in 0..32 {
-        let t = Arc::clone(&t);
-        tasks.push(tokio::spawn(async move {
-            let p = format!("burst {i}");
-            let m = Msg::new("hostile/in", &p);
-            match t.before_invoke(&m.hook()).await {
-                Ok(PreDecision::Invoke { input, .. }) => assert_eq!(&input[..], p.as_bytes()),
-                other => panic!("unexpected {other:?}"),
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    pass_through_concurrently(&t, 32, 1).await;
     let s = t.snapshot();
     assert_eq!((s.calls, s.errors()), (32, 0), "{s:?}");
     assert!(s.instances_created <= 4, "{s:?}");

@@ -205,6 +205,23 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An `allow` list: topic filters of topics the bridge may publish to (so not
+/// shared subscriptions), each error at `{path}[i]`.
+fn topic_filters(list: &[String], path: &str, c: &mut Collector<'_>) -> Vec<TopicFilter> {
+    let mut filters = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        match TopicFilter::parse(f) {
+            Ok(filter) if filter.share_group().is_none() => filters.push(filter),
+            Ok(_) => c.at(
+                format!("{path}[{i}]"),
+                "a filter of topics to publish to, not a shared subscription",
+            ),
+            Err(e) => c.at(format!("{path}[{i}]"), e),
+        }
+    }
+    filters
+}
+
 pub(super) fn check_route(
     rc: RouteConfig,
     path: &str,
@@ -241,28 +258,9 @@ pub(super) fn check_route(
                 "needs a `topic`, or `allow` for results that name their own",
             );
         }
-        for (i, f) in r.allow.iter().enumerate() {
-            match TopicFilter::parse(f) {
-                Ok(filter) if filter.share_group().is_none() => allow.push(filter),
-                Ok(_) => c.at(
-                    format!("{path}.republish.allow[{i}]"),
-                    "a topic filter to publish under, not a shared subscription",
-                ),
-                Err(e) => c.at(format!("{path}.republish.allow[{i}]"), e),
-            }
-        }
+        allow = topic_filters(&r.allow, &format!("{path}.republish.allow"), c);
     }
-    let mut response_allow = Vec::new();
-    for (i, f) in rc.response.allow.iter().enumerate() {
-        match TopicFilter::parse(f) {
-            Ok(filter) if filter.share_group().is_none() => response_allow.push(filter),
-            Ok(_) => c.at(
-                format!("{path}.response.allow[{i}]"),
-                "a topic filter of response topics, not a shared subscription",
-            ),
-            Err(e) => c.at(format!("{path}.response.allow[{i}]"), e),
-        }
-    }
+    let response_allow = topic_filters(&rc.response.allow, &format!("{path}.response.allow"), c);
     let dead_letter = Template::parse(&rc.dead_letter, captures)
         .map_err(|e| c.at(format!("{path}.dead_letter"), e))
         .ok();
