@@ -45,6 +45,23 @@ pub enum Stage {
     OutputLimit,
 }
 
+impl Stage {
+    /// The name in the envelope's `error_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Gateway => "gateway",
+            Stage::TransformBefore => "transform-before",
+            Stage::TransformAfter => "transform-after",
+            Stage::Publish => "publish",
+            Stage::Oversize => "oversize",
+            Stage::ResultTooLarge => "result-too-large",
+            Stage::Unrouted => "unrouted",
+            Stage::OutputRefused => "output-refused",
+            Stage::OutputLimit => "output-limit",
+        }
+    }
+}
+
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -210,6 +227,24 @@ pub const QOS: QoS = QoS::AtLeastOnce;
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn stage_names_are_the_envelopes_error_kinds() {
+        use Stage::*;
+        for stage in [
+            Gateway,
+            TransformBefore,
+            TransformAfter,
+            Publish,
+            Oversize,
+            ResultTooLarge,
+            Unrouted,
+            OutputRefused,
+            OutputLimit,
+        ] {
+            assert_eq!(serde_json::json!(stage), serde_json::json!(stage.as_str()));
+        }
+    }
 
     fn parse(bytes: &[u8]) -> serde_json::Value {
         serde_json::from_slice(bytes).unwrap()

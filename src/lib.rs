@@ -47,6 +47,7 @@ pub mod proto;
 pub mod reload;
 mod router;
 pub mod shutdown;
+pub mod telemetry;
 mod tls;
 pub mod tools;
 pub mod topic;

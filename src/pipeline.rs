@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use opentelemetry::trace::SpanKind;
 use tracing::{debug, error, warn};
 
 use crate::ack::RouteDone;
@@ -27,6 +28,7 @@ use crate::message::{Message, OutMessage, PreDecision};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::mqtt::outbound::{PublishError, Publisher};
 use crate::shutdown::Shutdown;
+use crate::telemetry::{MessageTrace, Stage as TraceStage, Telemetry};
 use crate::topic::{check_publish_topic, Template, TemplateContext, TopicFilter};
 use crate::transform::{HookMessage, RouteTransform};
 
@@ -45,6 +47,8 @@ pub struct Services {
     /// Where a message no route takes is dead-lettered (`{route}` is the
     /// session that received it).
     pub unrouted_dead_letter: Template,
+    /// Trace context and spans.
+    pub telemetry: Telemetry,
 }
 
 /// One route of one config version, as the pipeline needs it.
@@ -109,15 +113,25 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         return;
     }
     count(&ctx.metrics.messages);
-    let outcome = match run(ctx, svc, &msg, &captures, &guarded, dispatched).await {
+    let trace = svc
+        .telemetry
+        .start(&msg, Some(ctx.route.name()), dispatched);
+    let outcome = match run(ctx, svc, &msg, &captures, &guarded, dispatched, &trace).await {
         Ok(()) => true,
         Err(Fate::Expired) => {
             count(&ctx.metrics.expired);
+            trace.note("fxbridge.expired", true);
             debug!(route = ctx.route.name(), topic = %msg.topic, "expired before it was invoked");
             true
         }
-        Err(Fate::DeadLetter(failure)) => dead_letter(ctx, svc, &msg, &captures, failure).await,
-        Err(Fate::Abandon) => false,
+        Err(Fate::DeadLetter(failure)) => {
+            trace.fail(&failure.error);
+            dead_letter(ctx, svc, &msg, &captures, failure, &trace).await
+        }
+        Err(Fate::Abandon) => {
+            trace.note("fxbridge.abandoned", true);
+            false
+        }
     };
     if outcome {
         let us = u64::try_from(dispatched.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -142,6 +156,7 @@ async fn run(
     captures: &[String],
     guarded: &[TopicFilter],
     dispatched: Instant,
+    trace: &MessageTrace,
 ) -> Result<(), Fate> {
     let route = &ctx.route;
     let expires = msg
@@ -188,7 +203,7 @@ async fn run(
     // 1. Before Invoke.
     let (function, input) = match ctx.transform.as_deref().filter(|t| t.has_before()) {
         None => (route.config.function.clone(), msg.payload.clone()),
-        Some(t) => match t.before_invoke(&hook).await {
+        Some(t) => match before_invoke(t, &hook, trace).await {
             Ok(PreDecision::Invoke { input, function }) => {
                 let function = function.unwrap_or_else(|| route.config.function.clone());
                 if function.is_empty() {
@@ -214,11 +229,15 @@ async fn run(
     };
 
     // 2. Invoke.
-    let reply = invoke(ctx, svc, &function, input, msg, expires).await?;
+    let reply = invoke(ctx, svc, &function, input, msg, expires, trace).await?;
 
     // 3. After Invoke.
     let outs = match ctx.transform.as_deref().filter(|t| t.has_after()) {
-        Some(t) => t.after_invoke(&hook, &reply).await.map_err(|e| {
+        Some(t) => {
+            let _span = trace.stage("after-invoke", SpanKind::Internal);
+            t.after_invoke(&hook, &reply).await
+        }
+        .map_err(|e| {
             let mut f = Failure::new(Stage::TransformAfter, e.to_string());
             f.plugin_error = Some(e.kind());
             f
@@ -260,16 +279,17 @@ async fn run(
         if let (false, Some(topic)) = (own_topic, respond_to) {
             // The reply to a request, first; then, if the route republishes,
             // the same result there too.
-            let reply = response(route, msg, topic, &out);
+            let mut reply = response(route, msg, topic, &out);
+            let span = publish_span(svc, trace, &mut reply);
             svc.publisher
                 .check(&reply)
                 .map_err(|e| too_large(&reply, &e))?;
-            publishes.push(reply);
+            publishes.push((reply, span));
             if route.republish.is_none() {
                 continue;
             }
         }
-        let publish =
+        let mut publish =
             resolve(ctx, msg, captures, out).map_err(|e| Failure::new(Stage::Publish, e))?;
         if own_topic {
             if let Some(reason) =
@@ -280,16 +300,40 @@ async fn run(
                 return Err(Failure::new(Stage::OutputRefused, reason).into());
             }
         }
+        let span = publish_span(svc, trace, &mut publish);
         svc.publisher
             .check(&publish)
             .map_err(|e| too_large(&publish, &e))?;
-        publishes.push(publish);
+        publishes.push((publish, span));
     }
-    for publish in publishes {
-        publish_confirmed(svc, publish).await?;
+    for (publish, span) in publishes {
+        publish_confirmed(svc, publish)
+            .await
+            .inspect_err(|_| span.fail("not published"))?;
         count(&ctx.metrics.published);
     }
     Ok(())
+}
+
+/// The `publish` span of a result, whose trace context the result carries
+/// (MQTT 5).
+fn publish_span(svc: &Services, trace: &MessageTrace, publish: &mut Message) -> TraceStage {
+    let span = trace.stage("publish", SpanKind::Producer);
+    span.note("messaging.destination.name", publish.topic.clone());
+    if svc.protocol == Protocol::V5 {
+        trace.mark(Some(&span), publish);
+    }
+    span
+}
+
+/// The plugin's before-invoke hook, in its span.
+async fn before_invoke(
+    t: &RouteTransform,
+    hook: &HookMessage<'_>,
+    trace: &MessageTrace,
+) -> Result<PreDecision, crate::transform::TransformError> {
+    let _span = trace.stage("before-invoke", SpanKind::Internal);
+    t.before_invoke(hook).await
 }
 
 /// The failure of a result larger than the broker accepts.
@@ -313,6 +357,31 @@ async fn invoke(
     input: Bytes,
     msg: &Message,
     expires: Option<Instant>,
+    trace: &MessageTrace,
+) -> Result<String, Fate> {
+    let span = trace.stage("invoke", SpanKind::Client);
+    span.note("rpc.system", "grpc");
+    span.note("rpc.method", "pb.FxGateway/Invoke");
+    span.note("faas.invoked_name", function.to_string());
+    // The gateway's spans hang under this one.
+    let properties = trace.properties(Some(&span), &msg.user_properties);
+    let result = invoke_attempts(ctx, svc, function, input, &properties, expires).await;
+    match &result {
+        Ok(_) => {}
+        Err(Fate::DeadLetter(f)) => span.fail(&f.error),
+        Err(Fate::Expired) => span.note("fxbridge.expired", true),
+        Err(Fate::Abandon) => span.note("fxbridge.abandoned", true),
+    }
+    result
+}
+
+async fn invoke_attempts(
+    ctx: &RouteCtx,
+    svc: &Services,
+    function: &str,
+    input: Bytes,
+    properties: &[(String, String)],
+    expires: Option<Instant>,
 ) -> Result<String, Fate> {
     let retry = &ctx.route.config.retry;
     let deadline = ctx.route.config.timeout.unwrap_or(svc.default_timeout);
@@ -325,7 +394,7 @@ async fn invoke(
         tries += 1;
         let error = match svc
             .gateway
-            .invoke(function, input.clone(), deadline, &msg.user_properties)
+            .invoke(function, input.clone(), deadline, properties)
             .await
         {
             Ok(reply) => {
@@ -475,9 +544,16 @@ async fn publish_dead_letter(
     topic: String,
     source: Source<'_>,
     failure: &Failure,
+    trace: &MessageTrace,
 ) -> bool {
+    let span = trace.stage("dead-letter", SpanKind::Producer);
+    span.note("messaging.destination.name", topic.clone());
+    span.note("error.type", failure.stage.as_str());
     let mut dead = Message::new(topic, Bytes::new(), deadletter::QOS);
-    dead.content_type = (svc.protocol == Protocol::V5).then(|| "application/json".to_string());
+    if svc.protocol == Protocol::V5 {
+        dead.content_type = Some("application/json".to_string());
+        trace.mark(Some(&span), &mut dead);
+    }
     let overhead = svc.publisher.packet_size(&dead);
     let budget = svc.publisher.max_packet_size().saturating_sub(overhead);
     let Some(payload) = deadletter::envelope(source, failure, budget) else {
@@ -505,6 +581,7 @@ async fn dead_letter(
     msg: &Message,
     captures: &[String],
     failure: Failure,
+    trace: &MessageTrace,
 ) -> bool {
     let route = &ctx.route;
     let topic = route
@@ -524,7 +601,7 @@ async fn dead_letter(
         function: Some(&route.config.function),
         msg,
     };
-    let ok = publish_dead_letter(svc, topic, source, &failure).await;
+    let ok = publish_dead_letter(svc, topic, source, &failure, trace).await;
     if ok {
         count(&ctx.metrics.dead_letters);
     }
@@ -558,7 +635,9 @@ pub async fn unrouted(svc: &Services, job: UnroutedJob) {
         function: None,
         msg: &msg,
     };
-    if publish_dead_letter(svc, topic, source, &failure).await {
+    let trace = svc.telemetry.start(&msg, None, Instant::now());
+    trace.fail(&failure.error);
+    if publish_dead_letter(svc, topic, source, &failure, &trace).await {
         svc.metrics.unrouted_dead_lettered();
         done.success();
     }

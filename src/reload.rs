@@ -218,6 +218,7 @@ pub async fn plan(
         || new.mqtt_url != old.mqtt_url
         || new.credentials != old.credentials
         || new.gateway != old.gateway
+        || new.telemetry != old.telemetry
         || new.shutdown != old.shutdown
         || new.unrouted_dead_letter != old.unrouted_dead_letter
         || new.state_dir != old.state_dir

@@ -504,6 +504,7 @@ mod tests {
             default_timeout: std::time::Duration::from_secs(1),
             protocol: config.mqtt.protocol,
             unrouted_dead_letter: config.unrouted_dead_letter.clone(),
+            telemetry: crate::telemetry::Telemetry::off(),
         });
         let ctxs = config
             .routes

@@ -281,3 +281,188 @@ async fn an_expired_message_is_not_invoked() {
     );
     bridge.stop().await.unwrap();
 }
+
+/// With `telemetry.otlp`, every message's spans arrive at an OTLP receiver as
+/// one tree: `receive` under the publisher's span (or a root the bridge
+/// starts), `invoke` and `publish` (or `dead-letter`) under `receive`. The
+/// gateway gets the `invoke` span's context as its parent, and the result and
+/// the dead letter carry their own span's context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_arrive_at_the_otlp_receiver_as_one_tree() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let otlp = common::otlp::Receiver::start().await;
+    let mut cfg = v5(
+        &broker,
+        &gw,
+        r#"{name: t, topic: "tr/+", function: f, republish: {topic: "tr-out/{1}"}, dead_letter: "tr-dead/{1}"}"#,
+    );
+    cfg.extra = format!(
+        "telemetry:\n  otlp: {{endpoint: \"{}\", service_name: edge-7, interval: 100ms}}\n\
+         plugins:\n  cache_dir: {:?}\n",
+        otlp.endpoint(),
+        common::plugins::shared_cache_dir().display().to_string(),
+    );
+    // A route with a plugin (both hooks) for message 4.
+    cfg = cfg.route(&format!(
+        r#"{{name: p, topic: "trp/+", function: g, republish: {{topic: "trp-out/{{1}}"}}, transform: {{component: {:?}}}}}"#,
+        common::dist("noop").display().to_string()
+    ));
+    let client = Client::start(broker.port(), &["tr-out/+", "tr-dead/+", "trp-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+
+    // 1. A message with the publisher's trace context.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let device_span = "00f067aa0ba902b7";
+    let props = vec![
+        (
+            "traceparent".to_string(),
+            format!("00-{trace}-{device_span}-01"),
+        ),
+        ("tracestate".to_string(), "edge=7".to_string()),
+        ("unit".to_string(), "C".to_string()),
+    ];
+    client.publish("tr/1", b"traced", props);
+    let out = client.wait_for_n("tr-out/1", 1, LONG).await;
+    // 2. One without: the bridge starts a trace.
+    client.publish("tr/2", b"untraced", Vec::new());
+    let out2 = client.wait_for_n("tr-out/2", 1, LONG).await;
+    // 3. One the gateway refuses: dead-lettered.
+    gw.fail_next(1, tonic::Code::InvalidArgument);
+    client.publish("tr/3", b"refused", Vec::new());
+    let dead = client.wait_for_n("tr-dead/3", 1, LONG).await;
+    // 4. Through a plugin, with a trace context.
+    let trace4 = "0af7651916cd43dd8448eb211c80319c";
+    client.publish(
+        "trp/1",
+        b"plugged",
+        vec![(
+            "traceparent".to_string(),
+            format!("00-{trace4}-b7ad6b7169203331-01"),
+        )],
+    );
+    let out4 = client.wait_for_n("trp-out/1", 1, LONG).await;
+
+    // Four receive spans, with their children (2 + 2 + 2 + 4).
+    otlp.wait_for("14 spans", LONG, |s| s.len() >= 14).await;
+    let spans = otlp.spans();
+    let named = |name: &str, trace: &str| -> Vec<common::otlp::Span> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.trace == trace)
+            .cloned()
+            .collect()
+    };
+    assert!(spans.iter().all(|s| s.service == "edge-7"), "{spans:#?}");
+
+    // 1: receive is the child of the device's span; invoke and publish of receive.
+    let receive = named("receive", trace);
+    assert_eq!(receive.len(), 1, "{spans:#?}");
+    let receive = &receive[0];
+    assert_eq!(receive.parent, device_span);
+    assert_eq!(receive.attribute("fxbridge.route"), Some("t"));
+    assert_eq!(
+        receive.attribute("messaging.destination.name"),
+        Some("tr/1")
+    );
+    let invoke = named("invoke", trace);
+    let publish = named("publish", trace);
+    assert_eq!((invoke.len(), publish.len()), (1, 1), "{spans:#?}");
+    assert_eq!(invoke[0].parent, receive.id);
+    assert_eq!(invoke[0].attribute("faas.invoked_name"), Some("f"));
+    assert_eq!(publish[0].parent, receive.id);
+    assert_eq!(
+        publish[0].attribute("messaging.destination.name"),
+        Some("tr-out/1")
+    );
+    // The gateway's parent is the invoke span; the result's is the publish span.
+    let calls = gw.invocations();
+    let md = &calls[0].metadata;
+    let sent = format!("00-{trace}-{}-01", invoke[0].id);
+    assert!(
+        md.contains(&("traceparent".to_string(), sent.clone())),
+        "{md:?} lacks {sent}"
+    );
+    assert!(
+        md.contains(&("tracestate".to_string(), "edge=7".to_string())),
+        "{md:?}"
+    );
+    let carried = |props: &[(String, String)], key: &str| -> Vec<String> {
+        props
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        carried(&out[0].user_properties, "traceparent"),
+        vec![format!("00-{trace}-{}-01", publish[0].id)]
+    );
+    assert_eq!(
+        carried(&out[0].user_properties, "tracestate"),
+        vec!["edge=7"]
+    );
+    assert_eq!(
+        carried(&out[0].user_properties, "unit"),
+        vec!["C"],
+        "others kept"
+    );
+
+    // 2: a root started by the bridge; the result carries it.
+    let roots: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "receive" && s.parent.is_empty())
+        .collect();
+    assert_eq!(
+        roots.len(),
+        2,
+        "messages 2 and 3 start their own trace: {spans:#?}"
+    );
+    let tp2 = carried(&out2[0].user_properties, "traceparent");
+    assert_eq!(tp2.len(), 1, "{:?}", out2[0].user_properties);
+    let root2 = roots
+        .iter()
+        .find(|s| tp2[0].contains(&s.trace))
+        .expect("the result of message 2 carries its trace");
+    let publish2 = named("publish", &root2.trace);
+    assert_eq!(publish2.len(), 1);
+    assert_eq!(publish2[0].parent, root2.id);
+    assert_eq!(tp2[0], format!("00-{}-{}-01", root2.trace, publish2[0].id));
+
+    // 3: dead-lettered: receive and invoke fail, the dead letter has its span.
+    let root3 = roots
+        .iter()
+        .find(|s| s.trace != root2.trace)
+        .expect("message 3's trace");
+    assert_eq!(root3.status, 2, "receive failed: {root3:?}");
+    assert!(
+        root3.status_message.contains("INVALID_ARGUMENT"),
+        "{root3:?}"
+    );
+    let invoke3 = named("invoke", &root3.trace);
+    assert_eq!((invoke3.len(), invoke3[0].status), (1, 2), "{spans:#?}");
+    let dead3 = named("dead-letter", &root3.trace);
+    assert_eq!(dead3.len(), 1, "{spans:#?}");
+    assert_eq!(dead3[0].parent, root3.id);
+    assert_eq!(dead3[0].attribute("error.type"), Some("gateway"));
+    assert_eq!(
+        carried(&dead[0].user_properties, "traceparent"),
+        vec![format!("00-{}-{}-01", root3.trace, dead3[0].id)]
+    );
+
+    // 4: the hooks have their spans, in the tree; the plugin's result carries
+    // the publish span's context though the plugin set no properties.
+    let receive4 = named("receive", trace4);
+    assert_eq!(receive4.len(), 1, "{spans:#?}");
+    assert_eq!(receive4[0].parent, "b7ad6b7169203331");
+    for stage in ["before-invoke", "invoke", "after-invoke", "publish"] {
+        let s = named(stage, trace4);
+        assert_eq!(s.len(), 1, "{stage}: {spans:#?}");
+        assert_eq!(s[0].parent, receive4[0].id, "{stage}");
+    }
+    assert_eq!(
+        carried(&out4[0].user_properties, "traceparent"),
+        vec![format!("00-{trace4}-{}-01", named("publish", trace4)[0].id)]
+    );
+    bridge.stop().await.unwrap();
+}

@@ -23,6 +23,7 @@ use crate::mqtt::{Endpoint, Subscription};
 use crate::pipeline::{RouteCtx, Services};
 use crate::router::{Plan, Router, Table, TableBuilder};
 use crate::shutdown::Shutdown;
+use crate::telemetry::Telemetry;
 
 /// Publishes that may wait in the publisher's queue to rumqttc.
 const PUBLISH_QUEUE: usize = 1024;
@@ -47,6 +48,7 @@ pub(crate) struct Prepared {
     /// The subscriber settings; each session uses them under its client id.
     subscriber: Endpoint,
     gateway: Gateway,
+    telemetry: Telemetry,
 }
 
 /// The connections, the gateway channel, the router and the route workers of
@@ -75,11 +77,13 @@ impl Core {
                 .context("MQTT settings")?;
         let gateway = Gateway::with_metrics(&config.gateway, &config.base_dir, metrics.gateway())
             .context("gateway settings")?;
+        let telemetry = Telemetry::new(&config.telemetry).context("telemetry settings")?;
         Ok(Prepared {
             config,
             publisher,
             subscriber,
             gateway,
+            telemetry,
         })
     }
 
@@ -275,6 +279,9 @@ impl Core {
             handle.closed().await;
         }
         let _ = self.outbound.await;
+        // The spans of the last messages go out before the core is gone.
+        let services = Arc::clone(&self.services);
+        let _ = tokio::task::spawn_blocking(move || services.telemetry.shutdown()).await;
     }
 }
 
@@ -287,6 +294,7 @@ impl Prepared {
             publisher,
             subscriber,
             gateway,
+            telemetry,
         } = self;
         let (outbound, publisher) = PublisherTask::new(
             publisher,
@@ -306,6 +314,7 @@ impl Prepared {
             default_timeout: config.gateway.timeout,
             protocol: config.mqtt.protocol,
             unrouted_dead_letter: config.unrouted_dead_letter.clone(),
+            telemetry,
         });
         let mut builder = TableBuilder::new(Arc::clone(&services), config.mqtt.protocol);
         let plans = routes

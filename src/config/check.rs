@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::errors::Collector;
-use super::schema::{Backoff, GatewayConfig, MqttConfig, RouteConfig};
+use super::schema::{Backoff, GatewayConfig, MqttConfig, OtlpConfig, RouteConfig};
 use super::values::{Protocol, Secret};
 use super::{Credentials, OutputPolicy, Route};
 use crate::tls::TlsFiles;
@@ -87,6 +87,26 @@ pub(super) fn check_mqtt(
             None
         }
         _ => None,
+    }
+}
+
+pub(super) fn check_otlp(o: &OtlpConfig, c: &mut Collector<'_>) {
+    if o.endpoint.starts_with("https://") {
+        c.at(
+            "telemetry.otlp.endpoint",
+            "OTLP over TLS is not supported; send to a collector on this host or network (http://host:4317)",
+        );
+    } else if let Err(e) = check_url(&o.endpoint, &["http"]) {
+        c.at("telemetry.otlp.endpoint", e);
+    }
+    if o.service_name.is_empty() {
+        c.at("telemetry.otlp.service_name", "must not be empty");
+    }
+    if o.interval.is_zero() {
+        c.at("telemetry.otlp.interval", "must be longer than zero");
+    }
+    if o.max_queue == 0 {
+        c.at("telemetry.otlp.max_queue", "must be at least 1");
     }
 }
 

@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 pub use self::errors::{ConfigError, ConfigErrors};
 pub use self::schema::{
     AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, LogLevel, MqttConfig,
-    Order, PluginsConfig, RepublishConfig, ResponseConfig, Retained, RetryConfig, RouteConfig,
-    ShutdownConfig, TransformConfig, TransformLimits, UnroutedConfig,
+    Order, OtlpConfig, PluginsConfig, RepublishConfig, ResponseConfig, Retained, RetryConfig,
+    RouteConfig, ShutdownConfig, TelemetryConfig, TransformConfig, TransformLimits, UnroutedConfig,
 };
 pub use self::values::{ByteSize, GrpcCode, Protocol, Secret};
 pub use crate::tls::TlsFiles;
 use crate::topic::{check_publish_topic, Template, TopicFilter};
-use check::{check_gateway, check_mqtt, check_route, check_url};
+use check::{check_gateway, check_mqtt, check_otlp, check_route, check_url};
 use errors::Collector;
 use locate::Positions;
 
@@ -217,6 +217,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Where a message no route takes is dead-lettered.
     pub unrouted_dead_letter: Template,
+    pub telemetry: TelemetryConfig,
     /// Where the bridge keeps what must survive a restart (the subscriptions
     /// of each session); `None` when no directory could be found.
     pub state_dir: Option<PathBuf>,
@@ -237,6 +238,7 @@ const TOP_LEVEL: &[&str] = &[
     "shutdown",
     "admin",
     "unrouted",
+    "telemetry",
     "state_dir",
     "routes",
 ];
@@ -420,6 +422,10 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         Some(v) => c.section("unrouted", v),
         None => Some(UnroutedConfig::default()),
     };
+    let telemetry: Option<TelemetryConfig> = match take("telemetry") {
+        Some(v) => c.section("telemetry", v),
+        None => Some(TelemetryConfig::default()),
+    };
     let state_dir: Option<PathBuf> = match take("state_dir") {
         Some(serde_yaml::Value::String(d)) if !d.is_empty() => Some(base_dir.join(d)),
         Some(_) => {
@@ -490,6 +496,9 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
             c.at("shutdown.drain_timeout", "must be longer than zero");
         }
     }
+    if let Some(otlp) = telemetry.as_ref().and_then(|t| t.otlp.as_ref()) {
+        check_otlp(otlp, c);
+    }
     let mut admin_token = None;
     if let Some(Some(a)) = &admin {
         if a.max_connections == 0 {
@@ -535,6 +544,7 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         admin: admin?,
         admin_token,
         unrouted_dead_letter: unrouted_dead_letter?,
+        telemetry: telemetry?,
         state_dir,
         routes,
         base_dir: base_dir.to_path_buf(),

@@ -216,6 +216,61 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `telemetry:` W3C trace context on every message, and its spans over OTLP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Carry W3C trace context through the bridge: a message's `traceparent`
+    /// (and `tracestate`) user property, or a trace the bridge starts when it
+    /// has none, goes to the gateway as gRPC metadata and onto every result
+    /// and dead letter (MQTT 5).
+    #[serde(default = "yes")]
+    pub propagate: bool,
+    /// Export the spans of every message (receive, before-invoke, invoke,
+    /// after-invoke, publish, dead-letter) to an OTLP/gRPC collector.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            propagate: true,
+            otlp: None,
+        }
+    }
+}
+
+/// `telemetry.otlp:` where spans are exported.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    pub endpoint: String,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// How often finished spans are sent (in batches).
+    #[serde(default = "default_export_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Spans waiting to be sent at most; beyond it new spans are dropped
+    /// (and counted by the exporter), never the messages.
+    #[serde(default = "default_span_queue")]
+    pub max_queue: usize,
+}
+
+fn default_service_name() -> String {
+    "fxbridge".to_string()
+}
+
+fn default_export_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_span_queue() -> usize {
+    2048
+}
+
 /// `admin:` an HTTP listener for `/metrics`, `/healthz` and `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

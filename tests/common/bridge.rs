@@ -41,6 +41,8 @@ pub struct BridgeConfig {
     /// Each route as one YAML flow mapping, e.g.
     /// `{name: a, topic: "s/+", function: echo, republish: {topic: "r/{1}"}}`.
     pub routes: Vec<String>,
+    /// More top-level sections, as YAML text (e.g. `telemetry: {...}`).
+    pub extra: String,
 }
 
 impl BridgeConfig {
@@ -60,6 +62,7 @@ impl BridgeConfig {
             admin_port: None,
             state_dir: std::env::temp_dir().join("fxbridge-test-state"),
             routes: Vec::new(),
+            extra: String::new(),
         }
     }
 
@@ -106,6 +109,10 @@ impl BridgeConfig {
             "state_dir: {:?}\n",
             self.state_dir.display().to_string()
         ));
+        y.push_str(&self.extra);
+        if !self.extra.is_empty() && !self.extra.ends_with('\n') {
+            y.push('\n');
+        }
         y.push_str("routes:\n");
         for r in &self.routes {
             y.push_str("  - ");

@@ -51,6 +51,7 @@ pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod mqtt5;
+pub mod otlp;
 pub mod plugins;
 pub mod proxy;
 pub mod tcp;
