@@ -32,6 +32,8 @@ pub enum Stage {
     Publish,
     /// The payload is larger than `mqtt.max_packet_size`.
     Oversize,
+    /// MQTT 5: the payload format indicator says UTF-8 and the payload is not.
+    PayloadFormatInvalid,
     /// A result is larger than the broker accepts (`mqtt.max_packet_size`, or
     /// under MQTT 5 the broker's Maximum Packet Size).
     ResultTooLarge,
@@ -54,6 +56,7 @@ impl Stage {
             Stage::TransformAfter => "transform-after",
             Stage::Publish => "publish",
             Stage::Oversize => "oversize",
+            Stage::PayloadFormatInvalid => "payload-format-invalid",
             Stage::ResultTooLarge => "result-too-large",
             Stage::Unrouted => "unrouted",
             Stage::OutputRefused => "output-refused",
@@ -237,6 +240,7 @@ mod tests {
             TransformAfter,
             Publish,
             Oversize,
+            PayloadFormatInvalid,
             ResultTooLarge,
             Unrouted,
             OutputRefused,

@@ -52,6 +52,8 @@ pub struct Message {
     pub user_properties: Vec<(String, String)>,
     /// MQTT 5 content type.
     pub content_type: Option<String>,
+    /// MQTT 5 payload format indicator 1: the payload is UTF-8 text.
+    pub utf8: bool,
     /// MQTT 5 response topic: where the sender wants the reply (a request).
     pub response_topic: Option<String>,
     /// MQTT 5 correlation data: the sender's tag, returned with the reply.
@@ -71,6 +73,7 @@ impl Message {
             retain: false,
             user_properties: Vec::new(),
             content_type: None,
+            utf8: false,
             response_topic: None,
             correlation_data: None,
             expiry_interval: None,
@@ -100,4 +103,25 @@ pub struct OutMessage {
     pub qos: Option<QoS>,
     pub retain: bool,
     pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 content type; on a reply to a request, `None` keeps the
+    /// request's.
+    pub content_type: Option<String>,
+    /// MQTT 5 payload format indicator: the payload is UTF-8 text.
+    pub utf8: bool,
+}
+
+impl OutMessage {
+    /// The function's reply as a result to the route's target: UTF-8 text
+    /// (`Message.Msg` is a string), with `user_properties`.
+    pub fn reply(reply: String, user_properties: Vec<(String, String)>) -> OutMessage {
+        OutMessage {
+            topic: None,
+            payload: Bytes::from(reply.into_bytes()),
+            qos: None,
+            retain: false,
+            user_properties,
+            content_type: None,
+            utf8: true,
+        }
+    }
 }

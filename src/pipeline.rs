@@ -177,6 +177,16 @@ async fn run(
         )
         .into());
     }
+    // MQTT 5: a publisher that says its payload is UTF-8 text and sends
+    // something else has sent a malformed message (MQTT-3.3.2-2 lets a
+    // receiver refuse it); it is dead-lettered, not passed on as text.
+    if msg.utf8 && std::str::from_utf8(&msg.payload).is_err() {
+        return Err(Failure::new(
+            Stage::PayloadFormatInvalid,
+            "the payload format indicator says UTF-8, but the payload is not valid UTF-8",
+        )
+        .into());
+    }
     // An MQTT 5 request: refuse a response topic the route may not publish to
     // before anything runs for it.
     let respond_to = match &msg.response_topic {
@@ -242,15 +252,11 @@ async fn run(
             f.plugin_error = Some(e.kind());
             f
         })?,
-        None if route.republish.is_some() || respond_to.is_some() => vec![OutMessage {
-            topic: None,
-            payload: Bytes::from(reply.into_bytes()),
-            qos: None,
-            retain: false,
-            // MQTT 5: the result keeps the request's user properties (trace
-            // context, units, ...).
-            user_properties: msg.user_properties.clone(),
-        }],
+        // MQTT 5: the result keeps the request's user properties (trace
+        // context, units, ...).
+        None if route.republish.is_some() || respond_to.is_some() => {
+            vec![OutMessage::reply(reply, msg.user_properties.clone())]
+        }
         None => Vec::new(),
     };
 
@@ -488,7 +494,8 @@ fn resolve(
             .unwrap_or(crate::message::QoS::AtLeastOnce),
         retain: out.retain || (default_target && target.is_some_and(|t| t.retain)),
         user_properties: out.user_properties,
-        content_type: None,
+        content_type: out.content_type,
+        utf8: out.utf8,
         response_topic: None,
         correlation_data: None,
         expiry_interval: None,
@@ -496,7 +503,8 @@ fn resolve(
 }
 
 /// The reply to a request: `out` on the request's response topic, with its
-/// correlation data and content type, never retained.
+/// correlation data and (unless the result has its own) content type, never
+/// retained.
 fn response(route: &Route, request: &Message, topic: &str, out: &OutMessage) -> Message {
     Message {
         topic: topic.to_string(),
@@ -504,7 +512,11 @@ fn response(route: &Route, request: &Message, topic: &str, out: &OutMessage) -> 
         qos: route.config.response.qos.unwrap_or(request.qos),
         retain: false,
         user_properties: out.user_properties.clone(),
-        content_type: request.content_type.clone(),
+        content_type: out
+            .content_type
+            .clone()
+            .or_else(|| request.content_type.clone()),
+        utf8: out.utf8,
         response_topic: None,
         correlation_data: request.correlation_data.clone(),
         expiry_interval: None,
@@ -552,6 +564,7 @@ async fn publish_dead_letter(
     let mut dead = Message::new(topic, Bytes::new(), deadletter::QOS);
     if svc.protocol == Protocol::V5 {
         dead.content_type = Some("application/json".to_string());
+        dead.utf8 = true;
         trace.mark(Some(&span), &mut dead);
     }
     let overhead = svc.publisher.packet_size(&dead);
@@ -670,6 +683,8 @@ mod tests {
             qos,
             retain,
             user_properties: vec![("k".into(), "v".into())],
+            content_type: None,
+            utf8: false,
         }
     }
 

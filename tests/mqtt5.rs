@@ -466,3 +466,43 @@ async fn spans_arrive_at_the_otlp_receiver_as_one_tree() {
     );
     bridge.stop().await.unwrap();
 }
+
+/// The payload format indicator: a function's reply goes out marked as UTF-8
+/// text; a payload marked UTF-8 that is not is dead-lettered with the reason,
+/// not invoked; unmarked bytes are just bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payload_format_indicator_is_honoured() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = v5(
+        &broker,
+        &gw,
+        r#"{name: u, topic: "pf/+", function: f, republish: {topic: "pf-out/{1}"}, dead_letter: "pf-dead/{1}"}"#,
+    );
+    let client = Client::start(broker.port(), &["pf-out/+", "pf-dead/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    let utf8 = || rumqttc::v5::mqttbytes::v5::PublishProperties {
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
+    client.publish_with("pf/bad", b"caf\xe9", utf8());
+    client.publish_with("pf/good", "café".as_bytes(), utf8());
+    client.publish("pf/bytes", b"\xff\x00\xfe", Vec::new());
+    let dead = client.wait_for_n("pf-dead/bad", 1, LONG).await;
+    let envelope: serde_json::Value = serde_json::from_slice(&dead[0].payload).unwrap();
+    assert_eq!(
+        envelope["error_kind"], "payload-format-invalid",
+        "{envelope}"
+    );
+    assert!(dead[0].utf8, "a dead letter is JSON text");
+    let good = client.wait_for_n("pf-out/good", 1, LONG).await;
+    assert_eq!(good[0].payload, "café".as_bytes());
+    assert!(good[0].utf8, "the function's reply is text");
+    client.wait_for_n("pf-out/bytes", 1, LONG).await;
+    // The bad one never reached the gateway; the other two did.
+    let inputs = gw.answered_inputs();
+    assert_eq!(inputs.len(), 2, "{inputs:?}");
+    assert!(!inputs.contains(b"caf\xe9".as_slice()));
+    bridge.stop().await.unwrap();
+}

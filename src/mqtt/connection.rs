@@ -319,6 +319,7 @@ impl Client {
                 let props = v5::mqttbytes::v5::PublishProperties {
                     user_properties: m.user_properties.clone(),
                     content_type: m.content_type.clone(),
+                    payload_format_indicator: m.utf8.then_some(1),
                     response_topic: m.response_topic.clone(),
                     correlation_data: m.correlation_data.clone(),
                     ..Default::default()
@@ -452,6 +453,7 @@ fn event_v4(ev: rumqttc::Event) -> Event {
                 retain: p.retain,
                 user_properties: Vec::new(),
                 content_type: None,
+                utf8: false,
                 response_topic: None,
                 correlation_data: None,
                 expiry_interval: None,
@@ -507,6 +509,7 @@ fn event_v5(ev: v5::Event) -> Event {
                     retain: p.retain,
                     user_properties: props.user_properties,
                     content_type: props.content_type,
+                    utf8: props.payload_format_indicator == Some(1),
                     response_topic: props.response_topic,
                     correlation_data: props.correlation_data,
                     expiry_interval: props.message_expiry_interval,

@@ -83,8 +83,8 @@ pub enum Event {
 
 /// The size of a PUBLISH packet of `msg` as it goes on the wire (fixed header
 /// included), which is what a broker compares with its Maximum Packet Size.
-/// Only the properties the bridge sends under MQTT 5 are counted: content type,
-/// response topic, correlation data and user properties.
+/// Only the properties the bridge sends under MQTT 5 are counted: payload
+/// format, content type, response topic, correlation data and user properties.
 pub fn publish_packet_size(protocol: Protocol, msg: &Message) -> usize {
     let mut remaining = 2 + msg.topic.len() + msg.payload.len();
     if msg.qos != QoS::AtMostOnce {
@@ -92,6 +92,9 @@ pub fn publish_packet_size(protocol: Protocol, msg: &Message) -> usize {
     }
     if protocol == Protocol::V5 {
         let mut props = 0;
+        if msg.utf8 {
+            props += 2;
+        }
         if let Some(ct) = &msg.content_type {
             props += 1 + 2 + ct.len();
         }
@@ -181,6 +184,7 @@ mod tests {
                 for props in [false, true] {
                     if props {
                         m.content_type = Some("application/json".into());
+                        m.utf8 = true;
                         m.user_properties = vec![("k".into(), "v".repeat(300))];
                         m.response_topic = Some("resp/dev-1".into());
                         m.correlation_data = Some(Bytes::from_static(b"\x00id-42"));
@@ -188,6 +192,7 @@ mod tests {
                     let p = v5::mqttbytes::v5::PublishProperties {
                         user_properties: m.user_properties.clone(),
                         content_type: m.content_type.clone(),
+                        payload_format_indicator: m.utf8.then_some(1),
                         response_topic: m.response_topic.clone(),
                         correlation_data: m.correlation_data.clone(),
                         ..Default::default()

@@ -240,13 +240,7 @@ impl RouteTransform {
         reply: &str,
     ) -> Result<Vec<OutMessage>, TransformError> {
         if !self.has_after() {
-            return Ok(vec![OutMessage {
-                topic: None,
-                payload: Bytes::copy_from_slice(reply.as_bytes()),
-                qos: None,
-                retain: false,
-                user_properties: Vec::new(),
-            }]);
+            return Ok(vec![OutMessage::reply(reply.to_string(), Vec::new())]);
         }
         let started = Instant::now();
         let result = self.after_inner(msg, reply).await;
@@ -566,5 +560,7 @@ fn out_message(o: Outgoing) -> OutMessage {
         qos: o.qos.map(our_qos),
         retain: o.retain,
         user_properties: o.user_properties,
+        content_type: None,
+        utf8: false,
     }
 }

@@ -18,6 +18,8 @@ pub struct Got {
     pub payload: Vec<u8>,
     pub user_properties: Vec<(String, String)>,
     pub content_type: Option<String>,
+    /// Payload format indicator 1 (UTF-8).
+    pub utf8: bool,
     pub response_topic: Option<String>,
     pub correlation_data: Option<Vec<u8>>,
 }
@@ -53,6 +55,7 @@ impl Client {
                             payload: p.payload.to_vec(),
                             user_properties: props.user_properties,
                             content_type: props.content_type,
+                            utf8: props.payload_format_indicator == Some(1),
                             response_topic: props.response_topic,
                             correlation_data: props.correlation_data.map(|c| c.to_vec()),
                         });
