@@ -33,6 +33,9 @@ fn hook<'a>(topic: &'a str, captures: &'a [String], payload: &'a [u8]) -> HookMe
         retain: false,
         user_properties: &[],
         content_type: None,
+        utf8: false,
+        response_topic: None,
+        correlation_data: None,
     }
 }
 

@@ -90,14 +90,16 @@ build_python() {
     "$dir/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$dir/requirements.txt"
     printf '%s\n' "$req_hash" >"$dir/.venv/.fxbridge-requirements"
   fi
-  hash="$(inputs_hash "$dir"/src/*.py "$dir/requirements.txt" "$WIT/transform.wit")"
+  # py-fanout stays on contract 0.1.0: it shows that components built
+  # against the earlier contract run unchanged.
+  hash="$(inputs_hash "$dir"/src/*.py "$dir/requirements.txt" "$WIT/0.1.0/transform.wit")"
   if up_to_date py-fanout "$hash"; then
     log "py-fanout.wasm is up to date"
     return
   fi
   log "componentize py-fanout (takes a minute or two)"
   # -p src: bundle only the plugin's own modules (not tests, not the venv).
-  (cd "$dir" && .venv/bin/componentize-py -d "$WIT" -w fxbridge:transform/transform@0.1.0 \
+  (cd "$dir" && .venv/bin/componentize-py -d "$WIT/0.1.0" -w fxbridge:transform/transform@0.1.0 \
     componentize app -p src -o "$DIST/py-fanout.wasm.tmp")
   mv "$DIST/py-fanout.wasm.tmp" "$DIST/py-fanout.wasm"
   printf '%s\n' "$hash" >"$STAMPS/py-fanout"

@@ -108,6 +108,9 @@ pub struct OutMessage {
     pub content_type: Option<String>,
     /// MQTT 5 payload format indicator: the payload is UTF-8 text.
     pub utf8: bool,
+    /// MQTT 5 correlation data; on a reply to a request, `None` keeps the
+    /// request's.
+    pub correlation_data: Option<Bytes>,
 }
 
 impl OutMessage {
@@ -122,6 +125,7 @@ impl OutMessage {
             user_properties,
             content_type: None,
             utf8: true,
+            correlation_data: None,
         }
     }
 }

@@ -208,6 +208,9 @@ async fn run(
         retain: msg.retain,
         user_properties: &msg.user_properties,
         content_type: msg.content_type.as_deref(),
+        utf8: msg.utf8,
+        response_topic: msg.response_topic.as_deref(),
+        correlation_data: msg.correlation_data.as_deref(),
     };
 
     // 1. Before Invoke.
@@ -497,14 +500,14 @@ fn resolve(
         content_type: out.content_type,
         utf8: out.utf8,
         response_topic: None,
-        correlation_data: None,
+        correlation_data: out.correlation_data,
         expiry_interval: None,
     })
 }
 
-/// The reply to a request: `out` on the request's response topic, with its
-/// correlation data and (unless the result has its own) content type, never
-/// retained.
+/// The reply to a request: `out` on the request's response topic, with the
+/// request's correlation data and content type (unless the result has its
+/// own), never retained.
 fn response(route: &Route, request: &Message, topic: &str, out: &OutMessage) -> Message {
     Message {
         topic: topic.to_string(),
@@ -518,7 +521,10 @@ fn response(route: &Route, request: &Message, topic: &str, out: &OutMessage) -> 
             .or_else(|| request.content_type.clone()),
         utf8: out.utf8,
         response_topic: None,
-        correlation_data: request.correlation_data.clone(),
+        correlation_data: out
+            .correlation_data
+            .clone()
+            .or_else(|| request.correlation_data.clone()),
         expiry_interval: None,
     }
 }
@@ -685,6 +691,7 @@ mod tests {
             user_properties: vec![("k".into(), "v".into())],
             content_type: None,
             utf8: false,
+            correlation_data: None,
         }
     }
 

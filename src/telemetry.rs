@@ -314,8 +314,12 @@ impl Extractor for PropertiesRef<'_> {
 struct Properties<'a>(&'a mut Vec<(String, String)>);
 
 impl Injector for Properties<'_> {
+    /// Sets `key`; an empty `tracestate` is left out (W3C: "vendors MAY omit
+    /// an empty tracestate").
     fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_string(), value));
+        if !value.is_empty() {
+            self.0.push((key.to_string(), value));
+        }
     }
 }
 
@@ -376,6 +380,7 @@ mod tests {
                 ("00", 32, 16, "01")
             );
             assert_ne!(parts[1], "0".repeat(32));
+            assert!(get(&props, TRACESTATE).is_empty(), "no empty tracestate");
         }
         // Two messages, two traces.
         let a = on()

@@ -105,8 +105,11 @@ async fn oversized_result(protocol: &str, bridge_limit: Option<&str>, broker_lim
     }
     let error = env["error"].as_str().unwrap_or_default();
     // PUBLISH of 140,000 bytes to big/out at QoS 1: fixed header (1), remaining
-    // length (3), topic (2 + 7), packet id (2), MQTT 5 properties length (1).
-    let packet = 1 + 3 + 2 + 7 + 2 + 140_000 + usize::from(protocol == "5");
+    // length (3), topic (2 + 7), packet id (2); under MQTT 5 the properties:
+    // their length (1), the payload format indicator (2) and the user property
+    // `traceparent` (1 + 2 + 11 + 2 + 55).
+    let v5 = if protocol == "5" { 1 + 2 + 71 } else { 0 };
+    let packet = 1 + 3 + 2 + 7 + 2 + 140_000 + v5;
     let expected = format!(
         "a packet of {packet} bytes; the broker accepts at most {} bytes",
         broker_limit.unwrap_or(64 * 1024)

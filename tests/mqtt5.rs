@@ -506,3 +506,98 @@ async fn the_payload_format_indicator_is_honoured() {
     assert!(!inputs.contains(b"caf\xe9".as_slice()));
     bridge.stop().await.unwrap();
 }
+
+/// Contract 0.2.0: a plugin sees a request's response topic, correlation
+/// data, content type and payload format, and sets the content type, payload
+/// format and correlation data of what it publishes; a reply keeps the
+/// request's unless the plugin sets its own. Components built against 0.1.0
+/// (py-fanout) still run, their results without those properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_and_set_mqtt5_properties_and_0_1_0_plugins_still_run() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let mut cfg = v5(
+        &broker,
+        &gw,
+        &format!(
+            r#"{{name: h, topic: "pl/+", function: f, republish: {{topic: "pl-out/{{1}}"}}, transform: {{component: {:?}}}}}"#,
+            common::dist("hostile").display().to_string()
+        ),
+    )
+    .route(&format!(
+        r#"{{name: py, topic: "dev/+/state", function: f, republish: {{allow: ["metrics/#"]}}, transform: {{component: {:?}, config: {{prefix: metrics}}}}}}"#,
+        common::dist("py-fanout").display().to_string()
+    ));
+    cfg.extra = format!(
+        "plugins:\n  cache_dir: {:?}\n",
+        common::plugins::shared_cache_dir().display().to_string()
+    );
+    let client = Client::start(broker.port(), &["pl-out/+", "metrics/#", "resp/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+
+    // The pre hook describes what it saw; the gateway echoes it.
+    client.publish_with(
+        "pl/describe",
+        b"describe",
+        PublishProperties {
+            payload_format_indicator: Some(1),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("resp/describe".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"corr-1")),
+            ..Default::default()
+        },
+    );
+    let seen = client.wait_for_n("resp/describe", 1, LONG).await;
+    let seen: serde_json::Value = serde_json::from_slice(&seen[0].payload).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({"content_type": "text/plain", "utf8": true, "response_topic": "resp/describe", "correlation_data": "corr-1"})
+    );
+
+    // The gateway replies `typed:...` / `correlate:...` (echo), the post hook
+    // turns it into a result with those properties.
+    let request = |topic: &str, corr: &'static [u8]| PublishProperties {
+        content_type: Some("application/x-request".into()),
+        response_topic: Some(topic.into()),
+        correlation_data: Some(bytes::Bytes::from_static(corr)),
+        ..Default::default()
+    };
+    client.publish_with("pl/1", b"typed:text/csv", request("resp/typed", b"c-typed"));
+    let typed = client.wait_for_n("resp/typed", 1, LONG).await;
+    assert_eq!(typed[0].payload, b"typed");
+    assert_eq!(
+        typed[0].content_type.as_deref(),
+        Some("text/csv"),
+        "the plugin's"
+    );
+    assert!(typed[0].utf8);
+    assert_eq!(
+        typed[0].correlation_data.as_deref(),
+        Some(&b"c-typed"[..]),
+        "the request's"
+    );
+    client.publish_with("pl/2", b"correlate:mine", request("resp/corr", b"c-theirs"));
+    let corr = client.wait_for_n("resp/corr", 1, LONG).await;
+    assert_eq!(
+        corr[0].correlation_data.as_deref(),
+        Some(&b"mine"[..]),
+        "the plugin's"
+    );
+    assert_eq!(
+        corr[0].content_type.as_deref(),
+        Some("application/x-request"),
+        "the request's"
+    );
+    assert!(!corr[0].utf8);
+    // Republished results carry the plugin's properties too.
+    let out = client.wait_for_n("pl-out/1", 1, LONG).await;
+    assert_eq!(out[0].content_type.as_deref(), Some("text/csv"));
+
+    // A 0.1.0 component: runs, fans out, results without content type.
+    client.publish("dev/d9/state", br#"{"t": 21.5}"#, Vec::new());
+    let fanned = client.wait_for_n("metrics/d9/t", 1, LONG).await;
+    assert_eq!(fanned[0].payload, b"21.5");
+    assert_eq!(fanned[0].content_type, None);
+    bridge.stop().await.unwrap();
+}

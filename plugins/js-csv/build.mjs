@@ -14,7 +14,7 @@ const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const { component } = await componentize({
   sourcePath: here('./csv.js'),
   witPath: here('../../wit'),
-  worldName: 'fxbridge:transform/transform@0.1.0',
+  worldName: 'fxbridge:transform/transform@0.2.0',
   // No WASI at all: the plugin needs no stdio, clocks, randomness or HTTP,
   // so the component imports only the bridge's `host` interface.
   disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],

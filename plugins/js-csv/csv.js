@@ -16,7 +16,7 @@
 // Errors are reported by throwing a string: componentize-js turns a thrown
 // value into the `err` case of the WIT `result`.
 
-import { log } from 'fxbridge:transform/host@0.1.0';
+import { log } from 'fxbridge:transform/host@0.2.0';
 
 const DEFAULTS = {
   columns: ['device', 'temp', 'unit'],
@@ -146,7 +146,7 @@ export const beforeInvoke = {
 export const afterInvoke = {
   transform(msg, reply) {
     if (config.reply_columns === null) {
-      return [{ topic: undefined, payload: encoder.encode(reply), qos: undefined, retain: false, userProperties: [] }];
+      return [text(reply, undefined)];
     }
     let value;
     try {
@@ -158,6 +158,21 @@ export const afterInvoke = {
       throw 'reply is not a JSON object';
     }
     const line = config.reply_columns.map((name) => csvField(value[name], config.delimiter)).join(config.delimiter);
-    return [{ topic: undefined, payload: encoder.encode(line), qos: undefined, retain: false, userProperties: [] }];
+    return [text(line, 'text/csv')];
   },
 };
+
+// A result to the route's target: UTF-8 text with an MQTT 5 content type
+// (contract 0.2.0), the reply to a request keeping the request's correlation.
+function text(body, contentType) {
+  return {
+    topic: undefined,
+    payload: encoder.encode(body),
+    qos: undefined,
+    retain: false,
+    userProperties: [],
+    contentType,
+    utf8: true,
+    correlationData: undefined,
+  };
+}

@@ -82,6 +82,14 @@ pub struct MessageSpec {
     pub user_properties: Vec<(String, String)>,
     #[serde(default)]
     pub content_type: Option<String>,
+    /// MQTT 5 payload format indicator (UTF-8).
+    #[serde(default)]
+    pub utf8: bool,
+    #[serde(default)]
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data, as text.
+    #[serde(default)]
+    pub correlation_data: Option<String>,
 }
 
 /// Exactly one key.
@@ -147,6 +155,14 @@ pub struct PublishExpect {
     pub retain: bool,
     #[serde(default)]
     pub user_properties: Vec<(String, String)>,
+    /// Checked when given (contract 0.2.0 results).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub utf8: Option<bool>,
+    /// As text.
+    #[serde(default)]
+    pub correlation_data: Option<String>,
 }
 
 /// Expected bytes: exact (text or base64) or a JSON value.
@@ -373,6 +389,9 @@ async fn try_case(file: &CaseFile, case: &Case, t: &RouteTransform) -> Result<Ve
         retain: m.retain,
         user_properties: &m.user_properties,
         content_type: m.content_type.as_deref(),
+        utf8: m.utf8,
+        response_topic: m.response_topic.as_deref(),
+        correlation_data: m.correlation_data.as_deref().map(str::as_bytes),
     };
     if let Some(expect) = &case.before {
         let got = t.before_invoke(&hook).await;
@@ -536,6 +555,18 @@ fn render_out(o: &OutMessage) -> String {
     if !o.user_properties.is_empty() {
         s.push_str(&format!(", user_properties: {:?}", o.user_properties));
     }
+    if let Some(ct) = &o.content_type {
+        s.push_str(&format!(", content_type: {ct:?}"));
+    }
+    if o.utf8 {
+        s.push_str(", utf8: true");
+    }
+    if let Some(cd) = &o.correlation_data {
+        s.push_str(&format!(
+            ", correlation_data: {:?}",
+            String::from_utf8_lossy(cd)
+        ));
+    }
     s.push('}');
     s
 }
@@ -554,6 +585,15 @@ fn render_publish_expect(p: &PublishExpect, payload: &Expected) -> String {
     }
     if !p.user_properties.is_empty() {
         s.push_str(&format!(", user_properties: {:?}", p.user_properties));
+    }
+    if let Some(ct) = &p.content_type {
+        s.push_str(&format!(", content_type: {ct:?}"));
+    }
+    if let Some(u) = p.utf8 {
+        s.push_str(&format!(", utf8: {u}"));
+    }
+    if let Some(cd) = &p.correlation_data {
+        s.push_str(&format!(", correlation_data: {cd:?}"));
     }
     s.push('}');
     s
@@ -622,6 +662,13 @@ fn check_after(
                             && o.qos.map(u8::from) == w.qos
                             && o.retain == w.retain
                             && o.user_properties == w.user_properties
+                            && w.content_type
+                                .as_ref()
+                                .is_none_or(|ct| o.content_type.as_ref() == Some(ct))
+                            && w.utf8.is_none_or(|u| o.utf8 == u)
+                            && w.correlation_data.as_ref().is_none_or(|cd| {
+                                o.correlation_data.as_deref() == Some(cd.as_bytes())
+                            })
                     })
         }
         Err(_) => false,

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings;
@@ -117,12 +117,9 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(wt)
             .context("adding WASI to the linker")?;
-        bindings::fxbridge::transform::host::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(wt)
-        .context("adding the host interface to the linker")?;
+        bindings::add_host_to_linker(&mut linker)
+            .map_err(wt)
+            .context("adding the host interface to the linker")?;
         // componentize-py's `exports` instance and the like are not ours.
         linker.allow_shadowing(false);
 

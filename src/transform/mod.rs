@@ -63,6 +63,10 @@ pub struct HookMessage<'a> {
     pub retain: bool,
     pub user_properties: &'a [(String, String)],
     pub content_type: Option<&'a str>,
+    /// MQTT 5 payload format indicator (UTF-8, checked).
+    pub utf8: bool,
+    pub response_topic: Option<&'a str>,
+    pub correlation_data: Option<&'a [u8]>,
 }
 
 /// A hook call that failed. Only [`TransformError::Guest`] keeps the instance.

@@ -12,25 +12,26 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::{after_invoke, before_invoke, setup};
+use super::bindings::{AfterIndices, BeforeIndices, SetupIndices, Version};
 use super::sandbox::{hex, wt};
 use super::state::HostState;
 
-/// The interface names of the contract, at the version this host implements.
+/// The contract's package, and the newest version this host implements (it
+/// runs every version of [`Version::ALL`]).
 pub const WIT_PACKAGE: &str = "fxbridge:transform";
-pub const WIT_VERSION: &str = "0.1.0";
-const SETUP: &str = "fxbridge:transform/setup@0.1.0";
-const BEFORE: &str = "fxbridge:transform/before-invoke@0.1.0";
-const AFTER: &str = "fxbridge:transform/after-invoke@0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
+const SETUP: &str = "fxbridge:transform/setup";
+const BEFORE: &str = "fxbridge:transform/before-invoke";
+const AFTER: &str = "fxbridge:transform/after-invoke";
 
 /// A loaded component, ready to be instantiated for any number of routes.
 pub struct Plugin {
     path: PathBuf,
     sha256: [u8; 32],
     pub(crate) pre: InstancePre<HostState>,
-    pub(crate) setup: setup::GuestIndices,
-    pub(crate) before: Option<before_invoke::GuestIndices>,
-    pub(crate) after: Option<after_invoke::GuestIndices>,
+    pub(crate) setup: SetupIndices,
+    pub(crate) before: Option<BeforeIndices>,
+    pub(crate) after: Option<AfterIndices>,
     imports: Vec<String>,
     exports: Vec<String>,
     wit_version: String,
@@ -84,47 +85,53 @@ impl Plugin {
                 list(&export_names)
             );
         }
-        if wit_version != WIT_VERSION {
+        let Some(version) = Version::parse(&wit_version) else {
             bail!(
-                "{} targets {WIT_PACKAGE}@{wit_version}; this bridge implements @{WIT_VERSION}",
-                path.display()
+                "{} targets {WIT_PACKAGE}@{wit_version}; this bridge runs @{}",
+                path.display(),
+                Version::ALL.map(Version::as_str).join(" and @")
             );
-        }
+        };
+        let v = version.as_str();
         let pre = linker
             .instantiate_pre(&component)
             .map_err(wt)
             .with_context(|| {
                 format!(
                     "{} imports something the bridge does not provide (it provides WASI 0.2 \
-                 and {WIT_PACKAGE}/host@{WIT_VERSION}; the component imports: {})",
+                 and {WIT_PACKAGE}/host@{v}; the component imports: {})",
                     path.display(),
                     list(&imports)
                 )
             })?;
-        let setup = setup::GuestIndices::new(&pre)
+        let setup = SetupIndices::new(&pre, version)
             .map_err(wt)
             .with_context(|| {
                 format!(
-                    "{} does not implement the transform world: missing export {SETUP} \
+                    "{} does not implement the transform world: missing export {SETUP}@{v} \
                  (configure)",
                     path.display()
                 )
             })?;
-        let has = |name: &str| export_names.iter().any(|n| n == name);
+        let has = |name: &str| export_names.iter().any(|n| *n == format!("{name}@{v}"));
         let before = if has(BEFORE) {
             Some(
-                before_invoke::GuestIndices::new(&pre)
+                BeforeIndices::new(&pre, version)
                     .map_err(wt)
-                    .with_context(|| format!("{}: export {BEFORE} is malformed", path.display()))?,
+                    .with_context(|| {
+                        format!("{}: export {BEFORE}@{v} is malformed", path.display())
+                    })?,
             )
         } else {
             None
         };
         let after = if has(AFTER) {
             Some(
-                after_invoke::GuestIndices::new(&pre)
+                AfterIndices::new(&pre, version)
                     .map_err(wt)
-                    .with_context(|| format!("{}: export {AFTER} is malformed", path.display()))?,
+                    .with_context(|| {
+                        format!("{}: export {AFTER}@{v} is malformed", path.display())
+                    })?,
             )
         } else {
             None

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{after_invoke, before_invoke, Invocation, Message, Outgoing, PreAction, Qos};
+use super::bindings::{After, Before};
 use super::host::PluginHost;
 use super::log::LogGate;
 use super::plugin::Plugin;
@@ -17,7 +17,7 @@ use super::sandbox::MAX_MEMORY;
 use super::state::HostState;
 use super::{Counters, CountersSnapshot, HookMessage, TransformError};
 use crate::config::{Route, TransformLimits};
-use crate::message::{OutMessage, PreDecision, QoS};
+use crate::message::{OutMessage, PreDecision};
 
 /// Instantiation and `configure` get at least this long, whatever `limits.timeout`.
 pub const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -25,8 +25,8 @@ pub const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// One configured instance.
 struct Live {
     store: Store<HostState>,
-    before: Option<before_invoke::Guest>,
-    after: Option<after_invoke::Guest>,
+    before: Option<Before>,
+    after: Option<After>,
 }
 
 /// One route's transform: shareable, callable from many tasks at once.
@@ -223,13 +223,7 @@ impl RouteTransform {
         let started = Instant::now();
         let result = self.before_inner(msg).await;
         self.account(started, &result);
-        match result? {
-            PreAction::Invoke(Invocation { input, function }) => Ok(PreDecision::Invoke {
-                input: Bytes::from(input),
-                function,
-            }),
-            PreAction::Skip(reason) => Ok(PreDecision::Skip { reason }),
-        }
+        result
     }
 
     /// Runs `after-invoke` on the function's reply; without that export,
@@ -245,7 +239,7 @@ impl RouteTransform {
         let started = Instant::now();
         let result = self.after_inner(msg, reply).await;
         self.account(started, &result);
-        Ok(result?.into_iter().map(out_message).collect())
+        result
     }
 
     fn account<T>(&self, started: Instant, result: &Result<T, TransformError>) {
@@ -258,15 +252,14 @@ impl RouteTransform {
         }
     }
 
-    async fn before_inner(&self, msg: &HookMessage<'_>) -> Result<PreAction, TransformError> {
+    async fn before_inner(&self, msg: &HookMessage<'_>) -> Result<PreDecision, TransformError> {
         let mut live = self.take().await?;
         let Live { store, before, .. } = &mut live;
         let Some(guest) = before.as_ref() else {
             return Err(TransformError::Trap("before-invoke is not exported".into()));
         };
         self.arm(store, self.timeout);
-        let msg = wit_message(msg);
-        let call = guest.call_transform(&mut *store, &msg);
+        let call = guest.call_transform(&mut *store, msg);
         let raw = tokio::time::timeout(self.timeout, call).await;
         self.finish(live, raw, self.timeout, "")
     }
@@ -275,15 +268,14 @@ impl RouteTransform {
         &self,
         msg: &HookMessage<'_>,
         reply: &str,
-    ) -> Result<Vec<Outgoing>, TransformError> {
+    ) -> Result<Vec<OutMessage>, TransformError> {
         let mut live = self.take().await?;
         let Live { store, after, .. } = &mut live;
         let Some(guest) = after.as_ref() else {
             return Err(TransformError::Trap("after-invoke is not exported".into()));
         };
         self.arm(store, self.timeout);
-        let msg = wit_message(msg);
-        let call = guest.call_transform(&mut *store, &msg, reply);
+        let call = guest.call_transform(&mut *store, msg, reply);
         let raw = tokio::time::timeout(self.timeout, call).await;
         self.finish(live, raw, self.timeout, "")
     }
@@ -521,46 +513,4 @@ fn lift_limit(limits: &TransformLimits) -> usize {
         .as_usize()
         .saturating_add(limits.max_outputs.saturating_mul(RECORD));
     outputs.max(4 << 20).saturating_add(64 << 10)
-}
-
-fn wit_qos(q: QoS) -> Qos {
-    match q {
-        QoS::AtMostOnce => Qos::AtMostOnce,
-        QoS::AtLeastOnce => Qos::AtLeastOnce,
-        QoS::ExactlyOnce => Qos::ExactlyOnce,
-    }
-}
-
-fn our_qos(q: Qos) -> QoS {
-    match q {
-        Qos::AtMostOnce => QoS::AtMostOnce,
-        Qos::AtLeastOnce => QoS::AtLeastOnce,
-        Qos::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-fn wit_message(m: &HookMessage<'_>) -> Message {
-    Message {
-        route: m.route.to_string(),
-        function: m.function.to_string(),
-        topic: m.topic.to_string(),
-        captures: m.captures.to_vec(),
-        payload: m.payload.to_vec(),
-        qos: wit_qos(m.qos),
-        retain: m.retain,
-        user_properties: m.user_properties.to_vec(),
-        content_type: m.content_type.map(str::to_string),
-    }
-}
-
-fn out_message(o: Outgoing) -> OutMessage {
-    OutMessage {
-        topic: o.topic,
-        payload: Bytes::from(o.payload),
-        qos: o.qos.map(our_qos),
-        retain: o.retain,
-        user_properties: o.user_properties,
-        content_type: None,
-        utf8: false,
-    }
 }

@@ -21,7 +21,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, Level};
+use super::bindings;
 use super::log::LogGate;
 use super::Counters;
 use crate::config::LogLevel;
@@ -105,9 +105,16 @@ impl WasiView for HostState {
     }
 }
 
-impl bindings::fxbridge::transform::host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+impl HostState {
+    fn plugin_log(&mut self, level: LogLevel, message: &str) {
         self.counters.log_lines.fetch_add(1, Ordering::Relaxed);
+        self.log.log(level, truncate(message), None);
+    }
+}
+
+impl bindings::v0_2::fxbridge::transform::host::Host for HostState {
+    fn log(&mut self, level: bindings::v0_2::fxbridge::transform::host::Level, message: String) {
+        use bindings::v0_2::fxbridge::transform::host::Level;
         let level = match level {
             Level::Trace => LogLevel::Trace,
             Level::Debug => LogLevel::Debug,
@@ -115,11 +122,26 @@ impl bindings::fxbridge::transform::host::Host for HostState {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
-        self.log.log(level, truncate(&message), None);
+        self.plugin_log(level, &message);
     }
 }
 
-impl bindings::fxbridge::transform::types::Host for HostState {}
+impl bindings::v0_1::fxbridge::transform::host::Host for HostState {
+    fn log(&mut self, level: bindings::v0_1::fxbridge::transform::host::Level, message: String) {
+        use bindings::v0_1::fxbridge::transform::host::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.plugin_log(level, &message);
+    }
+}
+
+impl bindings::v0_2::fxbridge::transform::types::Host for HostState {}
+impl bindings::v0_1::fxbridge::transform::types::Host for HostState {}
 
 fn truncate(s: &str) -> &str {
     if s.len() <= MAX_LINE {

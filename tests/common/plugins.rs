@@ -75,6 +75,9 @@ impl Msg {
             retain: false,
             user_properties: &[],
             content_type: None,
+            utf8: false,
+            response_topic: None,
+            correlation_data: None,
         }
     }
 }

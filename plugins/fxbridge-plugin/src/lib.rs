@@ -1,7 +1,7 @@
 //! Guest-side helper for writing fxbridge transform plugins in Rust.
 //!
 //! It generates the bindings for `wit/transform.wit` (package
-//! `fxbridge:transform@0.1.0`) once, and turns the WIT's stateless exported
+//! `fxbridge:transform@0.2.0`) once, and turns the WIT's stateless exported
 //! functions into a stateful [`Plugin`] trait: the value returned by
 //! [`Plugin::configure`] lives inside the component instance and every hook
 //! gets `&mut self`.
@@ -55,7 +55,7 @@ use std::sync::Mutex;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "fxbridge:transform/transform@0.1.0",
+        world: "fxbridge:transform/transform@0.2.0",
         // Makes the per-interface export macros usable from plugin crates and
         // keeps this crate's own custom section import-only.
         pub_export_macro: true,
@@ -104,16 +104,12 @@ pub trait Plugin: Sized + Send + 'static {
 
     /// The post hook, given the function's reply (`Message.Msg`). Default:
     /// publish the reply once to the route's republish topic with the
-    /// route's QoS.
+    /// route's QoS, marked as UTF-8 text.
     fn after_invoke(&mut self, msg: Message, reply: String) -> Result<Vec<Outgoing>, String> {
         let _ = msg;
-        Ok(vec![Outgoing {
-            topic: None,
-            payload: reply.into_bytes(),
-            qos: None,
-            retain: false,
-            user_properties: Vec::new(),
-        }])
+        let mut out = Outgoing::new(None, reply.into_bytes());
+        out.utf8 = true;
+        Ok(vec![out])
     }
 }
 
@@ -193,7 +189,7 @@ macro_rules! export_plugin {
                     SLOT.configure(config)
                 }
             }
-            $crate::bindings::exports::fxbridge::transform::setup::__export_fxbridge_transform_setup_0_1_0_cabi!(
+            $crate::bindings::exports::fxbridge::transform::setup::__export_fxbridge_transform_setup_0_2_0_cabi!(
                 Exports with_types_in $crate::bindings::exports::fxbridge::transform::setup
             );
 
@@ -220,7 +216,7 @@ macro_rules! export_plugin {
                 $slot.with(|plugin| <$plugin as $crate::Plugin>::before_invoke(plugin, msg))
             }
         }
-        $crate::bindings::exports::fxbridge::transform::before_invoke::__export_fxbridge_transform_before_invoke_0_1_0_cabi!(
+        $crate::bindings::exports::fxbridge::transform::before_invoke::__export_fxbridge_transform_before_invoke_0_2_0_cabi!(
             $exports with_types_in $crate::bindings::exports::fxbridge::transform::before_invoke
         );
     };
@@ -233,7 +229,7 @@ macro_rules! export_plugin {
                 $slot.with(|plugin| <$plugin as $crate::Plugin>::after_invoke(plugin, msg, reply))
             }
         }
-        $crate::bindings::exports::fxbridge::transform::after_invoke::__export_fxbridge_transform_after_invoke_0_1_0_cabi!(
+        $crate::bindings::exports::fxbridge::transform::after_invoke::__export_fxbridge_transform_after_invoke_0_2_0_cabi!(
             $exports with_types_in $crate::bindings::exports::fxbridge::transform::after_invoke
         );
     };
@@ -254,6 +250,9 @@ impl Message {
             retain: false,
             user_properties: Vec::new(),
             content_type: None,
+            utf8: false,
+            response_topic: None,
+            correlation_data: None,
         }
     }
 }
@@ -268,7 +267,17 @@ impl Outgoing {
             qos: None,
             retain: false,
             user_properties: Vec::new(),
+            content_type: None,
+            utf8: false,
+            correlation_data: None,
         }
+    }
+
+    /// Marks the payload as UTF-8 text with an MQTT 5 content type.
+    pub fn text(mut self, content_type: &str) -> Self {
+        self.content_type = Some(content_type.to_string());
+        self.utf8 = true;
+        self
     }
 }
 

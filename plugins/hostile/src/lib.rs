@@ -23,6 +23,7 @@
 //! | `print`       | writes a line to stdout and one to stderr, then passes     | both lines in the host's log |
 //! | `log`         | calls the host `log` import once per level, then passes    | five lines in the host's log |
 //! | `count`       | returns `{"messages":n,"configured":c}` for this instance   | n counts calls on the instance, c its `configure` calls |
+//! | `describe`    | (pre hook only) the input is the message's MQTT 5 request fields as JSON | `{"content_type","utf8","response_topic","correlation_data"}` |
 //!
 //! The post hook also takes commands with an argument, for the output policy:
 //!
@@ -33,6 +34,8 @@
 //! | `mixed:<topic>`    | one result on the route's topic, then one on `<topic>`    |
 //! | `many:<n>`         | `n` results on the route's topic                          |
 //! | `flood:<n>`        | logs `n` lines at `error`, then one result                |
+//! | `typed:<type>`     | one result marked UTF-8 with content type `<type>`        |
+//! | `correlate:<data>` | one result with correlation data `<data>`                 |
 //!
 //! Its config may be `{"configure_spin_ms": n}`: `configure` then keeps the
 //! CPU busy for `n` ms of wall time, like a slow interpreter start.
@@ -77,6 +80,19 @@ impl Plugin for Hostile {
     }
 
     fn before_invoke(&mut self, msg: Message) -> Result<PreAction, String> {
+        if msg.payload == b"describe" {
+            // What the hook sees of an MQTT 5 message (contract 0.2.0).
+            let input = serde_json::json!({
+                "content_type": msg.content_type,
+                "utf8": msg.utf8,
+                "response_topic": msg.response_topic,
+                "correlation_data": msg.correlation_data.map(|c| String::from_utf8_lossy(&c).into_owned()),
+            });
+            return Ok(PreAction::Invoke(Invocation {
+                input: input.to_string().into_bytes(),
+                function: None,
+            }));
+        }
         match self.run(msg.payload) {
             Outcome::Pass(input) => Ok(PreAction::Invoke(Invocation {
                 input,
@@ -168,6 +184,12 @@ fn outputs(command: &str) -> Option<Vec<Outgoing>> {
         "many" => (0..count())
             .map(|i| Outgoing::new(None, i.to_string()))
             .collect(),
+        "typed" => vec![Outgoing::new(None, "typed").text(arg)],
+        "correlate" => {
+            let mut o = Outgoing::new(None, "correlated");
+            o.correlation_data = Some(arg.as_bytes().to_vec());
+            vec![o]
+        }
         "flood" => {
             for i in 0..count() {
                 log(Level::Error, &format!("hostile: flood line {i}"));

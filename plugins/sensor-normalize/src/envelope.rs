@@ -52,6 +52,9 @@ pub fn wrap(config: &Config, msg: &Message, reply: &str) -> Result<Outgoing, Str
         }),
         retain: false,
         user_properties: Vec::new(),
+        content_type: Some("application/json".to_string()),
+        utf8: true,
+        correlation_data: None,
     })
 }
 
