@@ -488,6 +488,10 @@ fn resolve(
                 .map_err(|e| format!("republish topic {:?}: {e}", template.as_str()))?
         }
     };
+    let mut user_properties = out.user_properties;
+    if let Some(t) = target {
+        user_properties.extend(t.user_properties.iter().cloned());
+    }
     Ok(Message {
         topic,
         payload: out.payload,
@@ -496,7 +500,7 @@ fn resolve(
             .or(target.map(|t| t.qos))
             .unwrap_or(crate::message::QoS::AtLeastOnce),
         retain: out.retain || (default_target && target.is_some_and(|t| t.retain)),
-        user_properties: out.user_properties,
+        user_properties,
         content_type: out.content_type,
         utf8: out.utf8,
         response_topic: None,

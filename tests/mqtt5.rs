@@ -601,3 +601,36 @@ async fn plugins_see_and_set_mqtt5_properties_and_0_1_0_plugins_still_run() {
     assert_eq!(fanned[0].content_type, None);
     bridge.stop().await.unwrap();
 }
+
+/// `republish.user_properties` are added to every result of the route, after
+/// the ones the result keeps from its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_sets_user_properties_on_its_results() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let cfg = v5(
+        &broker,
+        &gw,
+        r#"{name: up, topic: "up/+", function: f, republish: {topic: "up-out/{1}", user_properties: [[source, fxbridge], [site, edge-7]]}}"#,
+    );
+    let client = Client::start(broker.port(), &["up-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    client.publish("up/1", b"x", vec![("unit".to_string(), "C".to_string())]);
+    let out = client.wait_for_n("up-out/1", 1, LONG).await;
+    let plain: Vec<(String, String)> = out[0]
+        .user_properties
+        .iter()
+        .filter(|(k, _)| k != "traceparent")
+        .cloned()
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        plain,
+        pairs(&[("unit", "C"), ("source", "fxbridge"), ("site", "edge-7")])
+    );
+    bridge.stop().await.unwrap();
+}

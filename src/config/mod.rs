@@ -528,6 +528,18 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
                 format!("route name {:?} is used twice", rc.name),
             );
         }
+        let v311 = mqtt.as_ref().is_some_and(|m| m.protocol != Protocol::V5);
+        if v311
+            && rc
+                .republish
+                .as_ref()
+                .is_some_and(|p| !p.user_properties.is_empty())
+        {
+            c.at(
+                format!("{path}.republish.user_properties"),
+                "user properties need MQTT 5 (mqtt.protocol: \"5\")",
+            );
+        }
         if let Some(route) = check_route(rc, &path, base_dir, fuel_metering, c) {
             routes.push(route);
         }
@@ -637,6 +649,52 @@ routes:
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn route_user_properties_and_telemetry_are_checked() {
+        let with = |protocol: &str, extra: &str| {
+            let text = format!(
+                "mqtt: {{url: mqtt://127.0.0.1:1883, protocol: \"{protocol}\"}}\ngateway: {{url: http://127.0.0.1:1}}\n{extra}routes:\n  - {{name: a, topic: a, function: f}}\n  - {{name: b, topic: b, function: f, republish: {{topic: out, user_properties: [[k, v]]}}}}\n"
+            );
+            Config::parse(&text, "bridge.yaml", Path::new("."))
+        };
+        let ok = with("5", "").unwrap();
+        let props = &ok.routes[1]
+            .config
+            .republish
+            .as_ref()
+            .unwrap()
+            .user_properties;
+        assert_eq!(props, &vec![("k".to_string(), "v".to_string())]);
+        assert!(ok.telemetry.propagate && ok.telemetry.otlp.is_none());
+        let e = with("3.1.1", "").unwrap_err().to_string();
+        assert!(
+            e.contains("bridge.yaml:5") && e.contains("routes[1].republish.user_properties"),
+            "{e}"
+        );
+        let e = with(
+            "5",
+            "telemetry: {otlp: {endpoint: \"https://collector:4317\", interval: 0s}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("telemetry.otlp.endpoint") && e.contains("TLS"),
+            "{e}"
+        );
+        assert!(e.contains("telemetry.otlp.interval"), "{e}");
+        let t = with(
+            "5",
+            "telemetry: {propagate: false, otlp: {endpoint: \"http://127.0.0.1:4317\"}}\n",
+        )
+        .unwrap()
+        .telemetry;
+        let otlp = t.otlp.unwrap();
+        assert_eq!(
+            (otlp.service_name.as_str(), otlp.interval.as_secs()),
+            ("fxbridge", 5)
+        );
     }
 
     #[test]

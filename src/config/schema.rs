@@ -399,6 +399,10 @@ pub struct RepublishConfig {
     /// (results on `topic` follow `retain`).
     #[serde(default)]
     pub allow_retain: bool,
+    /// MQTT 5 user properties added to every result of the route (after the
+    /// ones the result has), e.g. `[[source, fxbridge], [site, edge-7]]`.
+    #[serde(default)]
+    pub user_properties: Vec<(String, String)>,
 }
 
 /// Order in which a route processes messages.
