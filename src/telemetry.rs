@@ -21,10 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
-    TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -114,35 +111,34 @@ impl Telemetry {
     /// dispatched at `since`: its `receive` span starts then.
     pub fn start(&self, msg: &Message, route: Option<&str>, since: Instant) -> MessageTrace {
         if !self.propagate {
-            return MessageTrace {
-                cx: None,
-                tracer: None,
-                as_it_came: false,
-            };
+            return MessageTrace { cx: Trace::Off };
         }
-        let parent = extract(&msg.user_properties);
         let Some((_, tracer)) = &self.exporter else {
-            // Not exported: pass the message's context on as it came, or a new one.
-            if parent.span().span_context().is_valid() {
-                return MessageTrace {
-                    cx: Some(parent),
-                    tracer: None,
-                    as_it_came: true,
-                };
-            }
-            let cx = Context::new().with_remote_span_context(SpanContext::new(
-                self.ids.new_trace_id(),
-                self.ids.new_span_id(),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ));
+            // Not exported: pass the message's context on as it came, or a
+            // new one; no OpenTelemetry context is built for it.
+            let came = first(&msg.user_properties, TRACEPARENT).filter(|tp| valid_traceparent(tp));
             return MessageTrace {
-                cx: Some(cx),
-                tracer: None,
-                as_it_came: false,
+                cx: Trace::Passive(match came {
+                    Some(tp) => Passive {
+                        traceparent: tp.to_string(),
+                        tracestate: first(&msg.user_properties, TRACESTATE)
+                            .filter(|ts| !ts.is_empty())
+                            .map(str::to_string),
+                        as_it_came: true,
+                    },
+                    None => Passive {
+                        traceparent: format!(
+                            "00-{}-{}-01",
+                            self.ids.new_trace_id(),
+                            self.ids.new_span_id()
+                        ),
+                        tracestate: None,
+                        as_it_came: false,
+                    },
+                }),
             };
         };
+        let parent = extract(&msg.user_properties);
         let mut attributes = vec![
             KeyValue::new("messaging.system", "mqtt"),
             KeyValue::new("messaging.operation.type", "process"),
@@ -162,28 +158,48 @@ impl Telemetry {
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         MessageTrace {
-            cx: Some(parent.with_span(span)),
-            tracer: Some(tracer.clone()),
-            as_it_came: false,
+            cx: Trace::Exported {
+                cx: parent.with_span(span),
+                tracer: tracer.clone(),
+            },
         }
     }
 }
 
 /// One message's trace on one route. Ends its `receive` span when dropped.
 pub struct MessageTrace {
-    /// The context passed on: the `receive` span's when exporting, else the
-    /// message's own. `None` when telemetry is off.
-    cx: Option<Context>,
-    tracer: Option<SdkTracer>,
-    /// The context is the message's own, unchanged: properties that carry
-    /// one already are passed on as they are.
+    cx: Trace,
+}
+
+enum Trace {
+    /// `telemetry.propagate: false`, no exporter.
+    Off,
+    /// Propagated, not exported.
+    Passive(Passive),
+    /// Exported: the context of the `receive` span.
+    Exported { cx: Context, tracer: SdkTracer },
+}
+
+struct Passive {
+    traceparent: String,
+    tracestate: Option<String>,
+    /// The context is the message's own: properties that carry a
+    /// `traceparent` already are passed on as they are.
     as_it_came: bool,
 }
 
 impl MessageTrace {
+    /// The `receive` span, when exporting.
+    fn span(&self) -> Option<&Context> {
+        match &self.cx {
+            Trace::Exported { cx, .. } => Some(cx),
+            _ => None,
+        }
+    }
+
     /// A span for one stage, a child of `receive` (a no-op when not exporting).
     pub fn stage(&self, name: &'static str, kind: SpanKind) -> Stage {
-        let (Some(cx), Some(tracer)) = (&self.cx, &self.tracer) else {
+        let Trace::Exported { cx, tracer } = &self.cx else {
             return Stage { cx: None };
         };
         let span = tracer
@@ -197,14 +213,14 @@ impl MessageTrace {
 
     /// Marks the message's processing as failed (dead-lettered) with `reason`.
     pub fn fail(&self, reason: &str) {
-        if let Some(cx) = self.cx.as_ref().filter(|_| self.tracer.is_some()) {
+        if let Some(cx) = self.span() {
             cx.span().set_status(Status::error(reason.to_string()));
         }
     }
 
     /// Adds an attribute to the `receive` span.
     pub fn note(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        if let Some(cx) = self.cx.as_ref().filter(|_| self.tracer.is_some()) {
+        if let Some(cx) = self.span() {
             cx.span().set_attribute(KeyValue::new(key, value));
         }
     }
@@ -216,25 +232,35 @@ impl MessageTrace {
         stage: Option<&Stage>,
         properties: &'a [(String, String)],
     ) -> Cow<'a, [(String, String)]> {
-        let Some(cx) = stage.and_then(|s| s.cx.as_ref()).or(self.cx.as_ref()) else {
-            return Cow::Borrowed(properties);
-        };
         let is_context =
             |k: &str| k.eq_ignore_ascii_case(TRACEPARENT) || k.eq_ignore_ascii_case(TRACESTATE);
-        if self.as_it_came
-            && properties
+        let without = || -> Vec<(String, String)> {
+            properties
                 .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case(TRACEPARENT))
-        {
-            return Cow::Borrowed(properties);
+                .filter(|(k, _)| !is_context(k))
+                .cloned()
+                .collect()
+        };
+        match &self.cx {
+            Trace::Off => Cow::Borrowed(properties),
+            Trace::Passive(p) => {
+                if p.as_it_came && first(properties, TRACEPARENT).is_some() {
+                    return Cow::Borrowed(properties);
+                }
+                let mut out = without();
+                out.push((TRACEPARENT.to_string(), p.traceparent.clone()));
+                if let Some(ts) = &p.tracestate {
+                    out.push((TRACESTATE.to_string(), ts.clone()));
+                }
+                Cow::Owned(out)
+            }
+            Trace::Exported { cx, .. } => {
+                let cx = stage.and_then(|s| s.cx.as_ref()).unwrap_or(cx);
+                let mut out = without();
+                TraceContextPropagator::new().inject_context(cx, &mut Properties(&mut out));
+                Cow::Owned(out)
+            }
         }
-        let mut out: Vec<(String, String)> = properties
-            .iter()
-            .filter(|(k, _)| !is_context(k))
-            .cloned()
-            .collect();
-        TraceContextPropagator::new().inject_context(cx, &mut Properties(&mut out));
-        Cow::Owned(out)
     }
 
     /// Sets the trace context of `stage` (or the message's) on `msg`.
@@ -247,7 +273,7 @@ impl MessageTrace {
 
 impl Drop for MessageTrace {
     fn drop(&mut self) {
-        if let Some(cx) = self.cx.as_ref().filter(|_| self.tracer.is_some()) {
+        if let Some(cx) = self.span() {
             cx.span().end();
         }
     }
@@ -294,16 +320,42 @@ fn extract(properties: &[(String, String)]) -> Context {
     TraceContextPropagator::new().extract(&PropertiesRef(properties))
 }
 
+/// The first value of `key` (compared without case) in `properties`.
+fn first<'a>(properties: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    properties
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A `traceparent` the W3C Trace Context spec accepts: `vv-<32 hex>-<16 hex>-ff`
+/// in lowercase hex, version not `ff`, ids not all zero (a future version
+/// may append `-...` fields).
+fn valid_traceparent(tp: &str) -> bool {
+    let b = tp.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |s: &[u8]| s.iter().all(|c| *c == b'0');
+    b.len() >= 55
+        && hex(&b[0..2])
+        && &b[0..2] != b"ff"
+        && (b.len() == 55 || (&b[0..2] != b"00" && b[55] == b'-'))
+        && b[2] == b'-'
+        && hex(&b[3..35])
+        && !zero(&b[3..35])
+        && b[35] == b'-'
+        && hex(&b[36..52])
+        && !zero(&b[36..52])
+        && b[52] == b'-'
+        && hex(&b[53..55])
+}
+
 struct PropertiesRef<'a>(&'a [(String, String)]);
 
 impl Extractor for PropertiesRef<'_> {
     /// The first value of `key` (W3C: a repeated `traceparent` is invalid;
     /// the first is taken, as most MQTT clients send one).
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        first(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -392,6 +444,27 @@ mod tests {
             .properties(None, &[])
             .into_owned();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn traceparents_are_checked_as_the_w3c_spec_says() {
+        assert!(valid_traceparent(PARENT));
+        assert!(valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future"
+        ));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert!(!valid_traceparent(bad), "{bad:?}");
+        }
     }
 
     #[test]
