@@ -493,8 +493,13 @@ mod tests {
         let config = Config::parse(&yaml, "t.yaml", std::path::Path::new("."))
             .unwrap_or_else(|e| panic!("{e}"));
         let endpoint = Endpoint::publisher(&config).unwrap();
-        let (_task, publisher) =
-            PublisherTask::new(endpoint, 1 << 20, 16, config.mqtt.reconnect.clone());
+        let (_task, publisher) = PublisherTask::new(
+            endpoint,
+            1 << 20,
+            config.mqtt.max_qos,
+            16,
+            config.mqtt.reconnect.clone(),
+        );
         let services = Arc::new(Services {
             gateway: Gateway::new(&config.gateway, std::path::Path::new(".")).unwrap(),
             publisher,

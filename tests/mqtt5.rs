@@ -634,3 +634,36 @@ async fn a_route_sets_user_properties_on_its_results() {
     );
     bridge.stop().await.unwrap();
 }
+
+/// A broker that announces a Maximum QoS of 1 (mosquitto `max_qos 1`) would
+/// disconnect a client that publishes at QoS 2: results of a route that
+/// republishes at QoS 2 go out at QoS 1 instead, and arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brokers_maximum_qos_is_respected() {
+    let broker = Mosquitto::start_with("max_qos 1");
+    let gw = TestGateway::start().await;
+    let cfg = v5(
+        &broker,
+        &gw,
+        r#"{name: q, topic: "mq/+", function: f, republish: {topic: "mq-out/{1}", qos: 2}}"#,
+    );
+    let client = Client::start(broker.port(), &["mq-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    for i in 0..5 {
+        client.publish(&format!("mq/{i}"), b"x", Vec::new());
+    }
+    for i in 0..5 {
+        client.wait_for_n(&format!("mq-out/{i}"), 1, LONG).await;
+    }
+    common::wait::wait_until(LONG, "5 sources acknowledged", || {
+        bridge.metrics.totals() == (5, 5)
+    })
+    .await;
+    bridge.stop().await.unwrap();
+    assert!(
+        !broker.log().contains("QoS not supported")
+            && !broker.log().contains("disconnected due to"),
+        "{}",
+        broker.log()
+    );
+}

@@ -72,6 +72,7 @@ async fn a_confirmation_always_belongs_to_its_own_publish_across_reconnects() {
     let (task, publisher) = PublisherTask::new(
         endpoint,
         cfg.mqtt.max_packet_size.as_usize(),
+        cfg.mqtt.max_qos,
         64,
         cfg.mqtt.reconnect.clone(),
     );

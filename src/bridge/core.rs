@@ -299,6 +299,7 @@ impl Prepared {
         let (outbound, publisher) = PublisherTask::new(
             publisher,
             config.mqtt.max_packet_size.as_usize(),
+            config.mqtt.max_qos,
             PUBLISH_QUEUE,
             config.mqtt.reconnect.clone(),
         );

@@ -9,6 +9,7 @@ use super::errors::Collector;
 use super::schema::{Backoff, GatewayConfig, MqttConfig, OtlpConfig, RouteConfig};
 use super::values::{Protocol, Secret};
 use super::{Credentials, OutputPolicy, Route};
+use crate::message::QoS;
 use crate::tls::TlsFiles;
 use crate::topic::{Template, TopicFilter};
 
@@ -64,6 +65,12 @@ pub(super) fn check_mqtt(
     }
     if m.max_pending == 0 {
         c.at("mqtt.max_pending", "must be at least 1");
+    }
+    if m.max_qos == QoS::AtMostOnce {
+        c.at(
+            "mqtt.max_qos",
+            "must be 1 or 2: results at QoS 0 could be lost after their source was acknowledged",
+        );
     }
     check_backoff(&m.reconnect, "mqtt.reconnect", c);
     if let Some(tls) = &m.tls {

@@ -53,6 +53,16 @@ pub struct MqttConfig {
     /// the bridge stops reading from the broker until work completes.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// The highest QoS the bridge publishes at (1 or 2): a result or reply
+    /// asked at a higher QoS goes out at this one. For brokers without QoS 2
+    /// (NATS closes the connection of a QoS 2 PUBLISH). Under MQTT 5 the
+    /// broker's CONNACK Maximum QoS also applies.
+    #[serde(default = "default_max_qos")]
+    pub max_qos: QoS,
+}
+
+fn default_max_qos() -> QoS {
+    QoS::ExactlyOnce
 }
 
 /// Exponential backoff between attempts.

@@ -441,6 +441,7 @@ fn event_v4(ev: rumqttc::Event) -> Event {
         E::Incoming(Packet::ConnAck(c)) => Event::Connected {
             session_present: c.session_present,
             max_packet_size: None,
+            max_qos: None,
         },
         E::Incoming(Packet::Publish(p)) => Event::Publish(Received {
             pkid: p.pkid,
@@ -492,7 +493,12 @@ fn event_v5(ev: v5::Event) -> Event {
     match ev {
         v5::Event::Incoming(Packet::ConnAck(c)) => Event::Connected {
             session_present: c.session_present,
-            max_packet_size: c.properties.and_then(|p| p.max_packet_size),
+            max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
+            max_qos: c
+                .properties
+                .as_ref()
+                .and_then(|p| p.max_qos)
+                .and_then(|q| QoS::try_from(q).ok()),
         },
         v5::Event::Incoming(Packet::Publish(p)) => {
             let props = p.properties.unwrap_or_default();

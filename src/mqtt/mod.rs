@@ -54,6 +54,9 @@ pub enum Event {
         /// MQTT 5: the largest packet the broker accepts (CONNACK Maximum
         /// Packet Size), if it announced one.
         max_packet_size: Option<u32>,
+        /// MQTT 5: the highest QoS the broker takes in a PUBLISH (CONNACK
+        /// Maximum QoS), if it announced one.
+        max_qos: Option<QoS>,
     },
     Publish(Received),
     /// The broker accepted (or, under MQTT 5, refused) one of our QoS 1 publishes.

@@ -24,7 +24,7 @@
 //! Requests are taken only while connected, so the broker's limit is known.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use super::{publish_packet_size, Client, Connection, Endpoint, Event, Reconnect};
 use crate::config::{Backoff, Protocol};
-use crate::message::Message;
+use crate::message::{Message, QoS};
 
 /// Why a publish was not confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +71,11 @@ struct Limits {
     /// The broker's Maximum Packet Size from the last CONNACK (MQTT 5); 0 when
     /// it announced none.
     announced: AtomicUsize,
+    /// `mqtt.max_qos`.
+    max_qos: QoS,
+    /// The broker's Maximum QoS from the last CONNACK (MQTT 5); 2 when it
+    /// announced none.
+    announced_qos: AtomicU8,
 }
 
 impl Limits {
@@ -79,6 +84,13 @@ impl Limits {
             0 => self.configured,
             broker => broker.min(self.configured),
         }
+    }
+
+    /// The highest QoS a PUBLISH may have now.
+    fn qos(&self) -> QoS {
+        let broker =
+            QoS::try_from(self.announced_qos.load(Ordering::Acquire)).unwrap_or(QoS::ExactlyOnce);
+        self.max_qos.min(broker)
     }
 
     fn check(&self, msg: &Message) -> Result<(), PublishError> {
@@ -100,7 +112,10 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes `msg`; returns once the broker has accepted it.
-    pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
+    /// A QoS above what the bridge may publish at (`mqtt.max_qos`, the
+    /// broker's Maximum QoS) is lowered to it.
+    pub async fn publish(&self, mut msg: Message) -> Result<(), PublishError> {
+        msg.qos = msg.qos.min(self.limits.qos());
         self.limits.check(&msg)?;
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -165,11 +180,13 @@ enum End {
 }
 
 impl PublisherTask {
-    /// `max_packet_size` is `mqtt.max_packet_size`; `capacity` bounds the
-    /// publishes queued to rumqttc at once.
+    /// `max_packet_size` and `max_qos` are `mqtt.max_packet_size` and
+    /// `mqtt.max_qos`; `capacity` bounds the publishes queued to rumqttc at
+    /// once.
     pub fn new(
         endpoint: Endpoint,
         max_packet_size: usize,
+        max_qos: QoS,
         capacity: usize,
         backoff: Backoff,
     ) -> (PublisherTask, Publisher) {
@@ -178,6 +195,8 @@ impl PublisherTask {
             protocol: endpoint.protocol(),
             configured: max_packet_size,
             announced: AtomicUsize::new(0),
+            max_qos,
+            announced_qos: AtomicU8::new(2),
         });
         let task = PublisherTask {
             endpoint,
@@ -255,16 +274,26 @@ impl PublisherTask {
             };
             match event {
                 Ok(Event::Connected {
-                    max_packet_size, ..
+                    max_packet_size,
+                    max_qos,
+                    ..
                 }) => {
                     let announced = max_packet_size
                         .and_then(|n| usize::try_from(n).ok())
                         .unwrap_or(0);
                     self.limits.announced.store(announced, Ordering::Release);
+                    let qos = max_qos.unwrap_or(QoS::ExactlyOnce);
+                    self.limits
+                        .announced_qos
+                        .store(u8::from(qos), Ordering::Release);
                     connected = true;
                     self.reconnect.reset();
+                    if qos == QoS::AtMostOnce {
+                        warn!("the broker takes only QoS 0 publishes (its Maximum QoS): results and dead letters go out unconfirmed and can be lost");
+                    }
                     info!(
                         max_packet_size = self.limits.current(),
+                        max_qos = u8::from(self.limits.qos()),
                         "publisher connected to the broker"
                     );
                 }
@@ -321,6 +350,8 @@ mod tests {
             protocol: Protocol::V5,
             configured: 1000,
             announced: AtomicUsize::new(0),
+            max_qos: QoS::ExactlyOnce,
+            announced_qos: AtomicU8::new(2),
         };
         assert_eq!(limits.current(), 1000, "no announced limit");
         limits.announced.store(500, Ordering::Release);
@@ -342,5 +373,24 @@ mod tests {
             })
         );
         assert!(!PublishError::TooLarge { size: 1, limit: 0 }.is_transient());
+    }
+
+    #[test]
+    fn the_lower_of_the_configured_and_the_announced_qos_applies() {
+        let limits = |configured: QoS| Limits {
+            protocol: Protocol::V5,
+            configured: 1000,
+            announced: AtomicUsize::new(0),
+            max_qos: configured,
+            announced_qos: AtomicU8::new(2),
+        };
+        let l = limits(QoS::ExactlyOnce);
+        assert_eq!(l.qos(), QoS::ExactlyOnce, "nothing announced");
+        l.announced_qos.store(1, Ordering::Release);
+        assert_eq!(l.qos(), QoS::AtLeastOnce, "the broker's Maximum QoS");
+        let l = limits(QoS::AtLeastOnce);
+        assert_eq!(l.qos(), QoS::AtLeastOnce, "mqtt.max_qos");
+        l.announced_qos.store(0, Ordering::Release);
+        assert_eq!(l.qos(), QoS::AtMostOnce);
     }
 }

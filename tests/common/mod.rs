@@ -51,9 +51,11 @@ pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod mqtt5;
+pub mod nats;
 pub mod otlp;
 pub mod plugins;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod tcp;
 pub mod wait;
 
