@@ -175,10 +175,43 @@ impl After {
     }
 }
 
+/// The conversions both versions share (their types are distinct but alike).
+macro_rules! shared_conversions {
+    () => {
+        fn wit_qos(q: QoS) -> Qos {
+            match q {
+                QoS::AtMostOnce => Qos::AtMostOnce,
+                QoS::AtLeastOnce => Qos::AtLeastOnce,
+                QoS::ExactlyOnce => Qos::ExactlyOnce,
+            }
+        }
+
+        fn our_qos(q: Qos) -> QoS {
+            match q {
+                Qos::AtMostOnce => QoS::AtMostOnce,
+                Qos::AtLeastOnce => QoS::AtLeastOnce,
+                Qos::ExactlyOnce => QoS::ExactlyOnce,
+            }
+        }
+
+        pub(super) fn decision(a: PreAction) -> PreDecision {
+            match a {
+                PreAction::Invoke(Invocation { input, function }) => PreDecision::Invoke {
+                    input: Bytes::from(input),
+                    function,
+                },
+                PreAction::Skip(reason) => PreDecision::Skip { reason },
+            }
+        }
+    };
+}
+
 /// Conversions for contract 0.2.0.
 mod v2 {
     use super::*;
     use v0_2::fxbridge::transform::types::{Invocation, Message, Outgoing, PreAction, Qos};
+
+    shared_conversions!();
 
     pub(super) fn message(m: &HookMessage<'_>) -> Message {
         Message {
@@ -187,11 +220,7 @@ mod v2 {
             topic: m.topic.to_string(),
             captures: m.captures.to_vec(),
             payload: m.payload.to_vec(),
-            qos: match m.qos {
-                QoS::AtMostOnce => Qos::AtMostOnce,
-                QoS::AtLeastOnce => Qos::AtLeastOnce,
-                QoS::ExactlyOnce => Qos::ExactlyOnce,
-            },
+            qos: wit_qos(m.qos),
             retain: m.retain,
             user_properties: m.user_properties.to_vec(),
             content_type: m.content_type.map(str::to_string),
@@ -201,25 +230,11 @@ mod v2 {
         }
     }
 
-    pub(super) fn decision(a: PreAction) -> PreDecision {
-        match a {
-            PreAction::Invoke(Invocation { input, function }) => PreDecision::Invoke {
-                input: Bytes::from(input),
-                function,
-            },
-            PreAction::Skip(reason) => PreDecision::Skip { reason },
-        }
-    }
-
     pub(super) fn out_message(o: Outgoing) -> OutMessage {
         OutMessage {
             topic: o.topic,
             payload: Bytes::from(o.payload),
-            qos: o.qos.map(|q| match q {
-                Qos::AtMostOnce => QoS::AtMostOnce,
-                Qos::AtLeastOnce => QoS::AtLeastOnce,
-                Qos::ExactlyOnce => QoS::ExactlyOnce,
-            }),
+            qos: o.qos.map(our_qos),
             retain: o.retain,
             user_properties: o.user_properties,
             content_type: o.content_type,
@@ -235,6 +250,8 @@ mod v1 {
     use super::*;
     use v0_1::fxbridge::transform::types::{Invocation, Message, Outgoing, PreAction, Qos};
 
+    shared_conversions!();
+
     pub(super) fn message(m: &HookMessage<'_>) -> Message {
         Message {
             route: m.route.to_string(),
@@ -242,24 +259,10 @@ mod v1 {
             topic: m.topic.to_string(),
             captures: m.captures.to_vec(),
             payload: m.payload.to_vec(),
-            qos: match m.qos {
-                QoS::AtMostOnce => Qos::AtMostOnce,
-                QoS::AtLeastOnce => Qos::AtLeastOnce,
-                QoS::ExactlyOnce => Qos::ExactlyOnce,
-            },
+            qos: wit_qos(m.qos),
             retain: m.retain,
             user_properties: m.user_properties.to_vec(),
             content_type: m.content_type.map(str::to_string),
-        }
-    }
-
-    pub(super) fn decision(a: PreAction) -> PreDecision {
-        match a {
-            PreAction::Invoke(Invocation { input, function }) => PreDecision::Invoke {
-                input: Bytes::from(input),
-                function,
-            },
-            PreAction::Skip(reason) => PreDecision::Skip { reason },
         }
     }
 
@@ -267,11 +270,7 @@ mod v1 {
         OutMessage {
             topic: o.topic,
             payload: Bytes::from(o.payload),
-            qos: o.qos.map(|q| match q {
-                Qos::AtMostOnce => QoS::AtMostOnce,
-                Qos::AtLeastOnce => QoS::AtLeastOnce,
-                Qos::ExactlyOnce => QoS::ExactlyOnce,
-            }),
+            qos: o.qos.map(our_qos),
             retain: o.retain,
             user_properties: o.user_properties,
             content_type: None,

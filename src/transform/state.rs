@@ -112,36 +112,33 @@ impl HostState {
     }
 }
 
-impl bindings::v0_2::fxbridge::transform::host::Host for HostState {
-    fn log(&mut self, level: bindings::v0_2::fxbridge::transform::host::Level, message: String) {
-        use bindings::v0_2::fxbridge::transform::host::Level;
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
-        self.plugin_log(level, &message);
-    }
+/// The `host` interface of one contract version (each has its own `Level`).
+macro_rules! host_interface {
+    ($v:ident) => {
+        impl bindings::$v::fxbridge::transform::host::Host for HostState {
+            fn log(
+                &mut self,
+                level: bindings::$v::fxbridge::transform::host::Level,
+                message: String,
+            ) {
+                use bindings::$v::fxbridge::transform::host::Level;
+                let level = match level {
+                    Level::Trace => LogLevel::Trace,
+                    Level::Debug => LogLevel::Debug,
+                    Level::Info => LogLevel::Info,
+                    Level::Warn => LogLevel::Warn,
+                    Level::Error => LogLevel::Error,
+                };
+                self.plugin_log(level, &message);
+            }
+        }
+
+        impl bindings::$v::fxbridge::transform::types::Host for HostState {}
+    };
 }
 
-impl bindings::v0_1::fxbridge::transform::host::Host for HostState {
-    fn log(&mut self, level: bindings::v0_1::fxbridge::transform::host::Level, message: String) {
-        use bindings::v0_1::fxbridge::transform::host::Level;
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
-        self.plugin_log(level, &message);
-    }
-}
-
-impl bindings::v0_2::fxbridge::transform::types::Host for HostState {}
-impl bindings::v0_1::fxbridge::transform::types::Host for HostState {}
+host_interface!(v0_2);
+host_interface!(v0_1);
 
 fn truncate(s: &str) -> &str {
     if s.len() <= MAX_LINE {
