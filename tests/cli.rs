@@ -67,3 +67,64 @@ fn zero_worker_threads_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("0 is not in 1..=65535"), "{stderr}");
 }
+
+/// The first lines `fxbridge standin-gateway` writes to stderr, up to its
+/// "serving" line; on a pseudo-terminal (util-linux `script`) when `tty`.
+fn log_until_serving(tty: bool, env: &[(&str, &str)]) -> String {
+    let bin = env!("CARGO_BIN_EXE_fxbridge");
+    let mut cmd = if tty {
+        let mut c = Command::new("script");
+        c.args([
+            "-qefc",
+            &format!("{bin} standin-gateway --listen 127.0.0.1:0"),
+            "/dev/null",
+        ]);
+        c.stdout(Stdio::piped()).stderr(Stdio::null());
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.args(["standin-gateway", "--listen", "127.0.0.1:0"]);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let mut child = cmd
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .spawn()
+        .expect("start fxbridge");
+    let out: Box<dyn std::io::Read> = match child.stdout.take() {
+        Some(o) => Box::new(o),
+        None => Box::new(child.stderr.take().expect("stderr")),
+    };
+    let mut log = String::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("read the log");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("serving pb.FxGateway") {
+            break;
+        }
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(
+        log.contains("serving pb.FxGateway"),
+        "no serving line: {log:?}"
+    );
+    log
+}
+
+#[test]
+fn log_colours_only_on_a_terminal_and_never_with_no_color() {
+    const ESC: char = '\u{1b}';
+    assert!(
+        log_until_serving(true, &[]).contains(ESC),
+        "a terminal gets colours"
+    );
+    let piped = log_until_serving(false, &[]);
+    assert!(!piped.contains(ESC), "a pipe gets none: {piped:?}");
+    let no_color = log_until_serving(true, &[("NO_COLOR", "1")]);
+    assert!(!no_color.contains(ESC), "NO_COLOR: {no_color:?}");
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(log_until_serving(true, &[("NO_COLOR", "")]).contains(ESC));
+}
