@@ -31,8 +31,83 @@ pub struct RouteMetrics {
     pub expired: AtomicU64,
     /// Time from dispatch to done, summed, in microseconds.
     pub latency_us_sum: AtomicU64,
+    /// Time from dispatch to done (the message may be acknowledged).
+    pub latency: Histogram,
+    /// One Invoke call (each attempt).
+    pub invoke_latency: Histogram,
+    /// The plugin's before-invoke and after-invoke hooks.
+    pub before_latency: Histogram,
+    pub after_latency: Histogram,
+    /// Messages in progress on the route now.
+    pub in_flight: AtomicU64,
     /// The route's transform plugin (calls, errors by kind, instances).
     pub plugin: Arc<crate::transform::Counters>,
+}
+
+/// Upper bounds of the latency buckets, in microseconds (rendered in seconds):
+/// 0.5 ms to 30 s, roughly 1-2.5-5 per decade.
+const BUCKETS_US: [u64; 15] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// A Prometheus histogram of durations with fixed buckets: one atomic add per
+/// bucket search, no lock, nothing allocated per observation.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Cumulative counts per bucket (the last is the total count) and the sum
+    /// in microseconds.
+    fn snapshot(&self) -> ([u64; BUCKETS_US.len() + 1], u64) {
+        let mut counts = [0u64; BUCKETS_US.len() + 1];
+        let mut total = 0;
+        for (c, b) in counts.iter_mut().zip(&self.buckets) {
+            total += b.load(Relaxed);
+            *c = total;
+        }
+        (counts, self.sum_us.load(Relaxed))
+    }
+
+    /// The histogram's lines for one label set (`route="a"`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let (counts, sum_us) = self.snapshot();
+        for (bound, count) in BUCKETS_US.iter().zip(&counts) {
+            let _ = writeln!(
+                out,
+                "fxbridge_{name}_bucket{{{labels},le=\"{}\"}} {count}",
+                seconds(*bound)
+            );
+        }
+        let total = counts[BUCKETS_US.len()];
+        let _ = writeln!(
+            out,
+            "fxbridge_{name}_bucket{{{labels},le=\"+Inf\"}} {total}"
+        );
+        let _ = writeln!(out, "fxbridge_{name}_sum{{{labels}}} {}", seconds(sum_us));
+        let _ = writeln!(out, "fxbridge_{name}_count{{{labels}}} {total}");
+    }
+}
+
+/// Microseconds as seconds, exactly (`0.0005`, `2.5`, `30`).
+fn seconds(us: u64) -> String {
+    let (whole, frac) = (us / 1_000_000, us % 1_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:06}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
 impl RouteMetrics {
@@ -52,6 +127,9 @@ pub struct SessionStatus {
     serving: AtomicBool,
     /// The bridge-wide readiness, recomputed on every change.
     changed: tokio::sync::watch::Sender<()>,
+    /// The session's `mqtt.max_pending` permits and their number: messages
+    /// received and not finished are the permits taken.
+    pending: Mutex<Option<(Arc<tokio::sync::Semaphore>, usize)>>,
 }
 
 impl SessionStatus {
@@ -72,6 +150,17 @@ impl SessionStatus {
         self.serving.store(serving, Relaxed);
         self.changed.send_replace(());
     }
+    /// The permits of the session's running task.
+    pub fn watch_pending(&self, permits: Arc<tokio::sync::Semaphore>, max: usize) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((permits, max));
+    }
+    /// Messages received and not finished.
+    fn pending(&self) -> usize {
+        match &*self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((permits, max)) => max.saturating_sub(permits.available_permits()),
+            None => 0,
+        }
+    }
 }
 
 /// Counters of the gateway connection; kept here so a reload that builds a new
@@ -82,6 +171,8 @@ pub struct GatewayMetrics {
     pub connects: AtomicU64,
     /// Connection attempts that failed (refused, timed out, TLS, handshake).
     pub connect_failures: AtomicU64,
+    /// HTTP/2 connections open now (one, normally; 0 while the gateway is away).
+    pub open: AtomicU64,
 }
 
 /// Bridge-wide counters.
@@ -121,6 +212,7 @@ impl Metrics {
                 ready: AtomicBool::new(false),
                 serving: AtomicBool::new(serving),
                 changed: self.sessions_changed.clone(),
+                pending: Mutex::new(None),
             })
         });
         status.serving.store(serving, Relaxed);
@@ -336,6 +428,12 @@ impl Metrics {
             "counter",
             self.gateway.connect_failures.load(Relaxed),
         );
+        gauge(
+            "gateway_connected",
+            "1 while an HTTP/2 connection to the gateway is open.",
+            "gauge",
+            u64::from(self.gateway.open.load(Relaxed) > 0),
+        );
         {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(
@@ -349,6 +447,18 @@ impl Metrics {
                     label(name),
                     s.serving.load(Relaxed),
                     u64::from(s.connected.load(Relaxed))
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP fxbridge_session_pending Messages the session received and has not finished (at mqtt.max_pending it stops reading).\n# TYPE fxbridge_session_pending gauge"
+            );
+            for (name, s) in sessions.iter() {
+                let _ = writeln!(
+                    out,
+                    "fxbridge_session_pending{{session=\"{}\"}} {}",
+                    label(name),
+                    s.pending()
                 );
             }
         }
@@ -416,6 +526,50 @@ impl Metrics {
                     label(route),
                     get(m).load(Relaxed)
                 );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fxbridge_route_in_flight Messages the route is processing now.\n# TYPE fxbridge_route_in_flight gauge"
+        );
+        for (route, m) in routes.iter() {
+            let _ = writeln!(
+                out,
+                "fxbridge_route_in_flight{{route=\"{}\"}} {}",
+                label(route),
+                m.in_flight.load(Relaxed)
+            );
+        }
+        type Hist = fn(&RouteMetrics) -> &Histogram;
+        let histograms: [(&str, &str, Hist); 4] = [
+            (
+                "route_latency_seconds",
+                "Time from dispatch to done (the message may be acknowledged), per message.",
+                |r| &r.latency,
+            ),
+            (
+                "route_invoke_seconds",
+                "One Invoke call (every attempt).",
+                |r| &r.invoke_latency,
+            ),
+            (
+                "route_before_invoke_seconds",
+                "The plugin's before-invoke hook.",
+                |r| &r.before_latency,
+            ),
+            (
+                "route_after_invoke_seconds",
+                "The plugin's after-invoke hook.",
+                |r| &r.after_latency,
+            ),
+        ];
+        for (name, help, get) in histograms {
+            let _ = writeln!(
+                out,
+                "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} histogram"
+            );
+            for (route, m) in routes.iter() {
+                get(m).render(&mut out, name, &format!("route=\"{}\"", label(route)));
             }
         }
         render_plugins(&mut out, &routes);
@@ -507,6 +661,35 @@ fn render_plugins(out: &mut String, routes: &BTreeMap<String, Arc<RouteMetrics>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_count_into_cumulative_buckets_in_seconds() {
+        use std::time::Duration;
+        assert_eq!(
+            [500, 1_000, 2_500, 1_000_000, 30_000_000].map(seconds),
+            ["0.0005", "0.001", "0.0025", "1", "30"].map(str::to_string)
+        );
+        let m = Metrics::new();
+        let r = m.route("a");
+        for us in [100, 500, 501, 40_000, 60_000_000] {
+            r.latency.observe(Duration::from_micros(us));
+        }
+        let page = m.render();
+        let has = |line: &str| assert!(page.contains(line), "{line} in\n{page}");
+        has("# TYPE fxbridge_route_latency_seconds histogram");
+        // 100 us and 500 us (bounds are inclusive) in the first bucket.
+        has("fxbridge_route_latency_seconds_bucket{route=\"a\",le=\"0.0005\"} 2\n");
+        has("fxbridge_route_latency_seconds_bucket{route=\"a\",le=\"0.001\"} 3\n");
+        has("fxbridge_route_latency_seconds_bucket{route=\"a\",le=\"0.025\"} 3\n");
+        has("fxbridge_route_latency_seconds_bucket{route=\"a\",le=\"0.05\"} 4\n");
+        has("fxbridge_route_latency_seconds_bucket{route=\"a\",le=\"30\"} 4\n");
+        has("fxbridge_route_latency_seconds_bucket{route=\"a\",le=\"+Inf\"} 5\n");
+        has("fxbridge_route_latency_seconds_count{route=\"a\"} 5\n");
+        has("fxbridge_route_latency_seconds_sum{route=\"a\"} 60.041101\n");
+        has("fxbridge_route_invoke_seconds_count{route=\"a\"} 0\n");
+        has("fxbridge_route_in_flight{route=\"a\"} 0\n");
+        has("fxbridge_gateway_connected 0\n");
+    }
 
     #[test]
     fn label_values_are_escaped() {

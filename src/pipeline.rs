@@ -113,6 +113,7 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         return;
     }
     count(&ctx.metrics.messages);
+    let _in_flight = InFlight::new(&ctx.metrics);
     let trace = svc
         .telemetry
         .start(&msg, Some(ctx.route.name()), dispatched);
@@ -134,10 +135,12 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
         }
     };
     if outcome {
-        let us = u64::try_from(dispatched.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = dispatched.elapsed();
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         ctx.metrics
             .latency_us_sum
             .fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.latency.observe(elapsed);
         done.success();
     } else {
         count(&ctx.metrics.abandoned);
@@ -147,6 +150,26 @@ pub async fn process(ctx: &RouteCtx, svc: &Services, job: Job) {
 
 fn count(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts a message in the route's in-flight gauge while it lives (also when
+/// its future is dropped at the drain deadline).
+struct InFlight<'a>(&'a RouteMetrics);
+
+impl<'a> InFlight<'a> {
+    fn new(m: &'a RouteMetrics) -> InFlight<'a> {
+        m.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn run(
@@ -216,7 +239,7 @@ async fn run(
     // 1. Before Invoke.
     let (function, input) = match ctx.transform.as_deref().filter(|t| t.has_before()) {
         None => (route.config.function.clone(), msg.payload.clone()),
-        Some(t) => match before_invoke(t, &hook, trace).await {
+        Some(t) => match before_invoke(t, &hook, trace, &ctx.metrics).await {
             Ok(PreDecision::Invoke { input, function }) => {
                 let function = function.unwrap_or_else(|| route.config.function.clone());
                 if function.is_empty() {
@@ -248,7 +271,10 @@ async fn run(
     let outs = match ctx.transform.as_deref().filter(|t| t.has_after()) {
         Some(t) => {
             let _span = trace.stage("after-invoke", SpanKind::Internal);
-            t.after_invoke(&hook, &reply).await
+            let started = Instant::now();
+            let outs = t.after_invoke(&hook, &reply).await;
+            ctx.metrics.after_latency.observe(started.elapsed());
+            outs
         }
         .map_err(|e| {
             let mut f = Failure::new(Stage::TransformAfter, e.to_string());
@@ -340,9 +366,13 @@ async fn before_invoke(
     t: &RouteTransform,
     hook: &HookMessage<'_>,
     trace: &MessageTrace,
+    metrics: &RouteMetrics,
 ) -> Result<PreDecision, crate::transform::TransformError> {
     let _span = trace.stage("before-invoke", SpanKind::Internal);
-    t.before_invoke(hook).await
+    let started = Instant::now();
+    let decision = t.before_invoke(hook).await;
+    metrics.before_latency.observe(started.elapsed());
+    decision
 }
 
 /// The failure of a result larger than the broker accepts.
@@ -401,11 +431,13 @@ async fn invoke_attempts(
             return Err(Fate::Expired);
         }
         tries += 1;
-        let error = match svc
+        let started = Instant::now();
+        let call = svc
             .gateway
             .invoke(function, input.clone(), deadline, properties)
-            .await
-        {
+            .await;
+        ctx.metrics.invoke_latency.observe(started.elapsed());
+        let error = match call {
             Ok(reply) => {
                 count(&ctx.metrics.invoked);
                 return Ok(reply);

@@ -148,3 +148,76 @@ async fn half_open_connections_do_not_exhaust_the_bridge() {
     .await;
     assert!(!bridge.log().contains("EMFILE") && !bridge.log().contains("Too many open files"));
 }
+
+/// `/metrics` shows latency histograms per route (end to end, Invoke, each
+/// plugin hook) and the gauges of in-flight and pending messages and of the
+/// gateway connection, while messages flow and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_latency_histograms_and_in_flight_gauges() {
+    use common::bridge::{metric, start_in_process};
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    gw.delay_all(Duration::from_millis(30));
+    let admin = free_port();
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(&format!(
+            r#"{{name: h, topic: "h/+", function: f, ordering: none, republish: {{topic: "h-out/{{1}}"}}, transform: {{component: {:?}}}}}"#,
+            common::dist("noop").display().to_string()
+        ));
+    cfg.admin_port = Some(admin);
+    cfg.extra = format!(
+        "plugins:\n  cache_dir: {:?}\n",
+        common::plugins::shared_cache_dir().display().to_string()
+    );
+    let out = Collector::start(broker.port(), &["h-out/+"]).await;
+    let bridge = start_in_process(&cfg).await;
+    // Three messages held at the gateway: in flight and pending.
+    for i in 0..3 {
+        gw.hold(format!("held-{i}").as_bytes());
+    }
+    let held: Vec<_> = (0..3)
+        .map(|i| (format!("h/{i}"), format!("held-{i}").into_bytes()))
+        .collect();
+    publish_all(broker.port(), &held).await;
+    common::wait::wait_until(LONG, "3 calls held at the gateway", || gw.in_flight() == 3).await;
+    let page = http_get(admin, "/metrics").await.expect("metrics").1;
+    assert_eq!(
+        metric(&page, "route_in_flight{route=\"h\"}"),
+        Some(3),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "session_pending{session=\"h\"}"),
+        Some(3),
+        "{page}"
+    );
+    assert_eq!(metric(&page, "gateway_connected"), Some(1), "{page}");
+    gw.release();
+    let fast: Vec<_> = (3..10)
+        .map(|i| (format!("h/{i}"), format!("m-{i}").into_bytes()))
+        .collect();
+    publish_all(broker.port(), &fast).await;
+    out.wait_for_distinct(10, LONG).await;
+    common::wait::wait_until(LONG, "10 acknowledged", || {
+        bridge.metrics.totals() == (10, 10)
+    })
+    .await;
+    let page = http_get(admin, "/metrics").await.expect("metrics").1;
+    let count = |name: &str| metric(&page, &format!("{name}_count{{route=\"h\"}}"));
+    assert_eq!(count("route_latency_seconds"), Some(10), "{page}");
+    assert_eq!(count("route_invoke_seconds"), Some(10));
+    assert_eq!(count("route_before_invoke_seconds"), Some(10));
+    assert_eq!(count("route_after_invoke_seconds"), Some(10));
+    // Every call took the gateway's 30 ms at least: none under 25 ms.
+    let bucket = |le: &str| {
+        metric(
+            &page,
+            &format!("route_invoke_seconds_bucket{{route=\"h\",le=\"{le}\"}}"),
+        )
+    };
+    assert_eq!(bucket("0.025"), Some(0), "{page}");
+    assert_eq!(bucket("+Inf"), Some(10));
+    assert_eq!(metric(&page, "route_in_flight{route=\"h\"}"), Some(0));
+    assert_eq!(metric(&page, "session_pending{session=\"h\"}"), Some(0));
+    bridge.stop().await.unwrap();
+}

@@ -204,13 +204,13 @@ impl Inner {
             .context("TCP connect")?;
         tcp.set_nodelay(true).context("TCP_NODELAY")?;
         match &self.tls {
-            None => handshake(tcp, self.keep_alive).await,
+            None => handshake(tcp, self.keep_alive, &self.metrics).await,
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
                     .context("TLS handshake")?;
-                handshake(stream, self.keep_alive).await
+                handshake(stream, self.keep_alive, &self.metrics).await
             }
         }
     }
@@ -218,7 +218,11 @@ impl Inner {
 
 /// The HTTP/2 handshake; the connection runs on its own task until every
 /// sender is gone, the peer closes it, or a PING goes unanswered.
-async fn handshake<T>(io: T, keep_alive: Option<(Duration, Duration)>) -> Result<Sender>
+async fn handshake<T>(
+    io: T,
+    keep_alive: Option<(Duration, Duration)>,
+    metrics: &Arc<GatewayMetrics>,
+) -> Result<Sender>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -234,11 +238,14 @@ where
         .handshake(TokioIo::new(io))
         .await
         .context("HTTP/2 handshake")?;
+    let metrics = Arc::clone(metrics);
+    metrics.open.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         match connection.await {
             Ok(()) => tracing::debug!("gateway connection closed"),
             Err(e) => tracing::warn!(error = %e, "gateway connection lost"),
         }
+        metrics.open.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(sender)
 }

@@ -178,6 +178,8 @@ pub fn spawn(
     let client_id = spec.endpoint.client_id().to_string();
     let previous = record.filters(&client_id);
     let status = metrics.session(&spec.name, !spec.retire);
+    let pending = Arc::new(Semaphore::new(spec.max_pending));
+    status.watch_pending(Arc::clone(&pending), spec.max_pending);
     let session = Session::new(spec.subscriptions, previous, spec.max_pending);
     let task = Task {
         name: spec.name.clone(),
@@ -185,7 +187,7 @@ pub fn spawn(
         session,
         dispatch,
         commands,
-        pending: Arc::new(Semaphore::new(spec.max_pending)),
+        pending,
         done_tx,
         done_rx,
         reconnect: Reconnect::new(spec.reconnect),
