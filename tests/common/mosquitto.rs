@@ -116,48 +116,26 @@ impl Mosquitto {
             .spawn()
             .expect("cannot start /usr/sbin/mosquitto");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("mosquitto exited at start ({status}); log:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {} within 10 s; log:\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let port = self.port;
+        let log = self.log_path();
+        wait_started(
+            &mut self.child,
+            "mosquitto",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
     }
 
     /// Stops the broker cleanly (SIGTERM; with persistence it saves its state)
     /// and waits for it to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(child.id(), "TERM");
-        if wait_exit(&mut child, Duration::from_secs(10)).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mosquitto did not stop within 10 s of SIGTERM");
-        }
+        stop_gracefully(&mut self.child, "mosquitto", Duration::from_secs(10));
     }
 
     /// Kills the broker (SIGKILL): nothing is saved.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_now(&mut self.child);
     }
 
     /// A clean stop followed by a start on the same port.
@@ -203,5 +181,53 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls (every 10 ms, at most `within`) until `ready` holds for the server
+/// process in `child`; panics with its log if it exits or the time runs out.
+pub fn wait_started(
+    child: &mut Option<Child>,
+    what: &str,
+    within: Duration,
+    mut ready: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        if ready() {
+            return;
+        }
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("{what} exited at start ({status}); log:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} was not ready within {within:?}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops the server process in `child` with SIGTERM and waits (at most
+/// `within`) for it to exit; kills it and panics if it does not.
+pub fn stop_gracefully(child: &mut Option<Child>, what: &str, within: Duration) {
+    let Some(mut c) = child.take() else {
+        return;
+    };
+    signal(c.id(), "TERM");
+    if wait_exit(&mut c, within).is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!("{what} did not stop within {within:?} of SIGTERM");
+    }
+}
+
+/// Kills the server process in `child` (SIGKILL) and reaps it.
+pub fn kill_now(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }

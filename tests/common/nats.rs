@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::mosquitto::{signal, wait_exit};
+use super::mosquitto::{kill_now, stop_gracefully, wait_started};
 
 const BINARY: &str = "/usr/sbin/nats-server";
 
@@ -112,52 +112,31 @@ impl Nats {
             .spawn()
             .expect("cannot start /usr/sbin/nats-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.ready_lines() > before
-                && std::net::TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "nats-server exited at start ({status}); log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server was not ready on MQTT port {} within 20 s; log:\n{}",
-                self.mqtt_port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let port = self.mqtt_port;
+        let log = self.log_path();
+        let ready_lines = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("Server is ready")
+                .count()
+        };
+        wait_started(
+            &mut self.child,
+            "nats-server",
+            Duration::from_secs(20),
+            || ready_lines() > before && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
     }
 
     /// Stops the server cleanly (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(child.id(), "TERM");
-        if wait_exit(&mut child, Duration::from_secs(15)).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nats-server did not stop within 15 s of SIGTERM");
-        }
+        stop_gracefully(&mut self.child, "nats-server", Duration::from_secs(15));
     }
 
     /// Kills the server (SIGKILL): no clean shutdown of the store.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_now(&mut self.child);
     }
 
     /// A clean stop followed by a start on the same ports and store.
