@@ -354,7 +354,9 @@ async fn run(
 /// (MQTT 5).
 fn publish_span(svc: &Services, trace: &MessageTrace, publish: &mut Message) -> TraceStage {
     let span = trace.stage("publish", SpanKind::Producer);
-    span.note("messaging.destination.name", publish.topic.clone());
+    if span.exported() {
+        span.note("messaging.destination.name", publish.topic.clone());
+    }
     if svc.protocol == Protocol::V5 {
         trace.mark(Some(&span), publish);
     }
@@ -401,7 +403,9 @@ async fn invoke(
     let span = trace.stage("invoke", SpanKind::Client);
     span.note("rpc.system", "grpc");
     span.note("rpc.method", "pb.FxGateway/Invoke");
-    span.note("faas.invoked_name", function.to_string());
+    if span.exported() {
+        span.note("faas.invoked_name", function.to_string());
+    }
     // The gateway's spans hang under this one.
     let properties = trace.properties(Some(&span), &msg.user_properties);
     let result = invoke_attempts(ctx, svc, function, input, &properties, expires).await;
@@ -601,7 +605,9 @@ async fn publish_dead_letter(
     trace: &MessageTrace,
 ) -> bool {
     let span = trace.stage("dead-letter", SpanKind::Producer);
-    span.note("messaging.destination.name", topic.clone());
+    if span.exported() {
+        span.note("messaging.destination.name", topic.clone());
+    }
     span.note("error.type", failure.stage.as_str());
     let mut dead = Message::new(topic, Bytes::new(), deadletter::QOS);
     if svc.protocol == Protocol::V5 {

@@ -285,6 +285,12 @@ pub struct Stage {
 }
 
 impl Stage {
+    /// Whether the span is exported (attributes that cost an allocation are
+    /// worth making).
+    pub fn exported(&self) -> bool {
+        self.cx.is_some()
+    }
+
     /// Marks the stage as failed with `reason`.
     pub fn fail(&self, reason: &str) {
         if let Some(cx) = &self.cx {
