@@ -475,6 +475,29 @@ async fn qos2_republish(
     (s, bridge, results)
 }
 
+/// Waits until both routes of [`qos2_republish`] delivered all `n` results
+/// each and every source is acknowledged, with the publisher never having
+/// lost its connection; returns the number of sources.
+async fn expect_both_routes_complete(
+    s: &Setup,
+    bridge: &BridgeProcess,
+    results: &Collector,
+    n: usize,
+) -> u64 {
+    results.wait_for_distinct(2 * n, LONG).await;
+    let all = u64::try_from(2 * n).expect("small");
+    wait_until_async(LONG, "every source acknowledged", || async {
+        acked(s.admin).await == all
+    })
+    .await;
+    assert!(
+        !bridge.log().contains("publisher lost the broker"),
+        "{}",
+        bridge.log()
+    );
+    all
+}
+
 /// fxbridge's acknowledged-message count, from `/metrics`.
 async fn acked(admin: u16) -> u64 {
     let (_, page) = http_get(admin, "/metrics").await.expect("metrics");
@@ -489,17 +512,7 @@ async fn rabbitmq_republish_at_qos2_is_taken_as_qos1() {
     let port = rabbitmq::mqtt_port();
     let n = 20;
     let (s, bridge, results) = qos2_republish(port, n, None).await;
-    results.wait_for_distinct(2 * n, LONG).await;
-    let all = u64::try_from(2 * n).expect("small");
-    wait_until_async(LONG, "every source acknowledged", || async {
-        acked(s.admin).await == all
-    })
-    .await;
-    assert!(
-        !bridge.log().contains("publisher lost the broker"),
-        "{}",
-        bridge.log()
-    );
+    let all = expect_both_routes_complete(&s, &bridge, &results, n).await;
     eprintln!(
         "RabbitMQ QoS 2 republish: {n} results of the QoS 2 route, {} in all, {all} acknowledged",
         results.distinct()
@@ -560,17 +573,7 @@ async fn nats_with_max_qos_1_publishes_qos2_results_at_qos1() {
     let nats = Nats::start();
     let n = 20;
     let (s, bridge, results) = qos2_republish(nats.port(), n, Some(1)).await;
-    results.wait_for_distinct(2 * n, LONG).await;
-    let all = u64::try_from(2 * n).expect("small");
-    wait_until_async(LONG, "every source acknowledged", || async {
-        acked(s.admin).await == all
-    })
-    .await;
-    assert!(
-        !bridge.log().contains("publisher lost the broker"),
-        "{}",
-        bridge.log()
-    );
+    let all = expect_both_routes_complete(&s, &bridge, &results, n).await;
     assert!(!nats.log().contains("publish QoS=2 not supported"));
     eprintln!(
         "NATS with mqtt.max_qos 1: {} results of {all}, {all} acknowledged, no reconnect",
