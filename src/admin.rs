@@ -1,8 +1,9 @@
 //! The admin HTTP listener (`admin.listen`, loopback by default): `/metrics`
 //! in the Prometheus text format, `/healthz` (the process is up) and `/readyz`
 //! (every session connected with its subscriptions in place), for Kubernetes
-//! probes and dashboards, and `/reload` (the outcome of the last config
-//! reload, as text).
+//! probes and dashboards, `/reload` (the outcome of the last config reload, as
+//! text), and the operator's view: the status page at `/` and the JSON it
+//! polls at `/api/status` (built in [`crate::status`]).
 //!
 //! Nothing outside may exhaust the bridge through it: at most
 //! `admin.max_connections` connections are served at once (beyond that the
@@ -29,26 +30,62 @@ use tokio::sync::Semaphore;
 
 use crate::config::AdminConfig;
 use crate::metrics::Metrics;
+use crate::status::{Sampler, PAGE};
 
-async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+/// What the handlers read.
+#[derive(Clone)]
+struct Admin {
+    metrics: Arc<Metrics>,
+    sampler: Arc<Sampler>,
+}
+
+async fn metrics_text(State(a): State<Admin>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
+        a.metrics.render(),
     )
+}
+
+async fn status_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
+
+async fn status_json(State(a): State<Admin>) -> Response {
+    match serde_json::to_string(&a.sampler.status()) {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the status: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn reload_status(State(m): State<Arc<Metrics>>) -> String {
-    let (ok, failed, last) = m.reloads();
+async fn reload_status(State(a): State<Admin>) -> String {
+    let (ok, failed, last) = a.metrics.reloads();
     let last = last.unwrap_or_else(|| "no reload yet".into());
     format!("reloads: {ok} applied, {failed} rejected\nlast: {last}\n")
 }
 
-async fn readyz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if m.is_ready() {
+async fn readyz(State(a): State<Admin>) -> (StatusCode, &'static str) {
+    if a.metrics.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (
@@ -60,7 +97,7 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
 
 /// Refuses a request without the bearer token (probes excepted).
 async fn require_token(State(token): State<Arc<str>>, request: Request, next: Next) -> Response {
-    let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+    let open = matches!(request.uri().path(), "/healthz" | "/readyz" | "/");
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -95,12 +132,18 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("admin endpoint cannot listen on {addr}"))?;
+    let sampler = Sampler::new(Arc::clone(&metrics));
     let mut app = Router::new()
+        .route("/", get(status_page))
+        .route("/api/status", get(status_json))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/reload", get(reload_status))
-        .with_state(metrics);
+        .with_state(Admin {
+            metrics,
+            sampler: Arc::clone(&sampler),
+        });
     if let Some(token) = token {
         app = app.layer(middleware::from_fn_with_state(
             Arc::<str>::from(token),
@@ -109,8 +152,11 @@ pub async fn serve(
     }
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let header_timeout = cfg.header_timeout;
-    tracing::info!(%addr, max_connections = cfg.max_connections, token = token.is_some(), "admin endpoint: /metrics /healthz /readyz /reload");
+    tracing::info!(%addr, max_connections = cfg.max_connections, token = token.is_some(), "admin endpoint: status page at http://{addr}/, /api/status /metrics /healthz /readyz /reload");
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sampler.run(stop_sampling.clone()));
     Ok(tokio::spawn(async move {
+        let _stop_sampling = stop_sampling.drop_guard();
         tokio::pin!(shutdown);
         loop {
             // At the limit, stop accepting until a connection ends.

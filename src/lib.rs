@@ -47,6 +47,7 @@ pub mod proto;
 pub mod reload;
 mod router;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 mod tls;
 pub mod tools;

@@ -5,7 +5,7 @@
 //! that survives reloads (looked up by route name), so a reload does not reset
 //! what a dashboard shows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,56 @@ pub struct RouteMetrics {
     pub in_flight: AtomicU64,
     /// The route's transform plugin (calls, errors by kind, instances).
     pub plugin: Arc<crate::transform::Counters>,
+    /// Dead letters by kind and the last few reasons (for `/api/status`).
+    dead_letter_log: Mutex<DeadLetterLog>,
+}
+
+/// How many dead letters' reasons a route keeps for the status page.
+pub const RECENT_DEAD_LETTERS: usize = 5;
+
+/// Dead letters of one route by kind, and the most recent ones.
+#[derive(Debug, Default, Clone)]
+pub struct DeadLetterLog {
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Newest last, at most [`RECENT_DEAD_LETTERS`].
+    pub recent: VecDeque<DeadLetterEvent>,
+}
+
+/// One dead letter, as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub kind: &'static str,
+    pub topic: String,
+    pub reason: String,
+}
+
+/// One reload's outcome, as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadEvent {
+    pub at_ms: u64,
+    pub ok: bool,
+    pub summary: String,
+}
+
+/// How many reloads the status page's history keeps.
+pub const RELOAD_HISTORY: usize = 10;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// At most `max` characters of `text`, marked when cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// Upper bounds of the latency buckets, in microseconds (rendered in seconds):
@@ -70,7 +120,7 @@ impl Histogram {
 
     /// Cumulative counts per bucket (the last is the total count) and the sum
     /// in microseconds.
-    fn snapshot(&self) -> ([u64; BUCKETS_US.len() + 1], u64) {
+    pub fn snapshot(&self) -> ([u64; BUCKETS_US.len() + 1], u64) {
         let mut counts = [0u64; BUCKETS_US.len() + 1];
         let mut total = 0;
         for (c, b) in counts.iter_mut().zip(&self.buckets) {
@@ -115,7 +165,39 @@ impl RouteMetrics {
     pub fn count_retained_skip(&self) {
         self.retained_skipped.fetch_add(1, Relaxed);
     }
+
+    /// A message of this route whose dead letter the broker accepted: counted,
+    /// by kind, and its reason kept among the last few.
+    pub fn dead_lettered(&self, kind: &'static str, topic: &str, reason: &str) {
+        self.dead_letters.fetch_add(1, Relaxed);
+        let mut log = self
+            .dead_letter_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *log.by_kind.entry(kind).or_default() += 1;
+        if log.recent.len() == RECENT_DEAD_LETTERS {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(DeadLetterEvent {
+            at_ms: now_ms(),
+            kind,
+            topic: clip(topic, 200),
+            reason: clip(reason, 500),
+        });
+    }
+
+    /// Dead letters by kind and the last few.
+    pub fn dead_letter_log(&self) -> DeadLetterLog {
+        self.dead_letter_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
+
+/// Upper bounds of the latency buckets in microseconds, for estimating
+/// quantiles from [`Histogram::snapshot`]s.
+pub const LATENCY_BUCKETS_US: &[u64] = &BUCKETS_US;
 
 /// The state of one subscriber session, for readiness and `/metrics`.
 #[derive(Debug)]
@@ -193,13 +275,66 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload: Mutex<Option<String>>,
+    /// The last [`RELOAD_HISTORY`] reloads, newest last.
+    reload_history: Mutex<VecDeque<ReloadEvent>>,
     gateway: Arc<GatewayMetrics>,
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
+    /// The routes of the running version, in config order (set at start and
+    /// on every applied reload).
+    live_routes: Mutex<Vec<crate::status::LiveRoute>>,
+    /// When this set of metrics was created (the bridge started).
+    started_ms: AtomicU64,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        Arc::new(Metrics::default())
+        let m = Metrics::default();
+        m.started_ms.store(now_ms(), Relaxed);
+        Arc::new(m)
+    }
+
+    /// When the bridge started, in milliseconds since the Unix epoch.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms.load(Relaxed)
+    }
+
+    /// Records the routes of the version that runs now.
+    pub fn set_live_routes(&self, routes: Vec<crate::status::LiveRoute>) {
+        *self.live_routes.lock().unwrap_or_else(|p| p.into_inner()) = routes;
+    }
+
+    /// The routes of the version that runs now, in config order.
+    pub fn live_routes(&self) -> Vec<crate::status::LiveRoute> {
+        self.live_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every subscriber session's state: `(name, connected, ready, serving,
+    /// pending)`.
+    pub fn sessions(&self) -> Vec<(String, bool, bool, bool, usize)> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    s.connected.load(Relaxed),
+                    s.ready.load(Relaxed),
+                    s.serving.load(Relaxed),
+                    s.pending(),
+                )
+            })
+            .collect()
+    }
+
+    /// Messages no route took, and their dead letters confirmed.
+    pub fn unrouted_totals(&self) -> (u64, u64) {
+        (
+            self.unrouted.load(Relaxed),
+            self.unrouted_dead_lettered.load(Relaxed),
+        )
     }
 
     /// The status of session `name` (created on first use); `serving` is
@@ -293,19 +428,49 @@ impl Metrics {
     /// Records the outcome of a reload: `Ok` holds what changed, `Err` the whole
     /// error text.
     pub fn reload(&self, outcome: Result<String, String>) {
-        let status = match outcome {
+        let (ok, status, summary) = match outcome {
             Ok(summary) => {
                 self.reloads_ok.fetch_add(1, Relaxed);
-                format!("ok: {summary}")
+                (true, format!("ok: {summary}"), summary)
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Relaxed);
-                format!("failed: {e}")
+                (false, format!("failed: {e}"), e)
             }
         };
         if let Ok(mut last) = self.last_reload.lock() {
             *last = Some(status);
         }
+        let mut history = self
+            .reload_history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if history.len() == RELOAD_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(ReloadEvent {
+            at_ms: now_ms(),
+            ok,
+            summary: clip(&summary, 2000),
+        });
+    }
+
+    /// The last reloads, newest last.
+    pub fn reload_history(&self) -> Vec<ReloadEvent> {
+        self.reload_history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Every route's counters (live and removed), by name.
+    pub fn routes(&self) -> BTreeMap<String, Arc<RouteMetrics>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `(successful, failed, last status)` of reloads so far.
@@ -539,6 +704,19 @@ impl Metrics {
                 label(route),
                 m.in_flight.load(Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fxbridge_route_dead_letters_by_kind_total Dead letters the broker accepted, by route and kind (error_kind of the envelope).\n# TYPE fxbridge_route_dead_letters_by_kind_total counter"
+        );
+        for (route, m) in routes.iter() {
+            for (kind, n) in m.dead_letter_log().by_kind {
+                let _ = writeln!(
+                    out,
+                    "fxbridge_route_dead_letters_by_kind_total{{route=\"{}\",kind=\"{kind}\"}} {n}",
+                    label(route)
+                );
+            }
         }
         type Hist = fn(&RouteMetrics) -> &Histogram;
         let histograms: [(&str, &str, Hist); 4] = [

@@ -664,7 +664,8 @@ async fn dead_letter(
     };
     let ok = publish_dead_letter(svc, topic, source, &failure, trace).await;
     if ok {
-        count(&ctx.metrics.dead_letters);
+        ctx.metrics
+            .dead_lettered(failure.stage.as_str(), &msg.topic, &failure.error);
     }
     ok
 }

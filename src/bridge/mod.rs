@@ -40,6 +40,7 @@ pub use self::load::{file_digest, load_routes, route_ctx, Plugins};
 use crate::config::{Config, Route};
 use crate::metrics::Metrics;
 use crate::pipeline::RouteCtx;
+use crate::status::LiveRoute;
 
 /// A new configuration, built and checked ([`crate::reload::plan`]), ready to
 /// replace the running one with [`Bridge::apply`].
@@ -74,6 +75,7 @@ impl Bridge {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let plugins = Plugins::new(&config.plugins);
         let routes = load_routes(&config, &metrics, &plugins, |_| None).await?;
+        metrics.set_live_routes(routes.iter().map(|r| LiveRoute::of(r)).collect());
         let prepared = Core::prepare(config.clone(), &metrics)?;
         let admin = match &config.admin {
             Some(a) => {
@@ -128,6 +130,7 @@ impl Bridge {
             plugins,
             needs_restart,
         } = plan;
+        let live = routes.iter().map(|r| LiveRoute::of(r)).collect();
         let mut summary = match (reconnect, self.core.as_mut()) {
             (Some(prepared), _) => {
                 info!("connection settings changed: draining, then reconnecting with the new ones");
@@ -155,8 +158,9 @@ impl Bridge {
                     changes.sessions_retired
                 )
             }
-            (None, None) => "not applied: the bridge is stopping".to_string(),
+            (None, None) => return "not applied: the bridge is stopping".to_string(),
         };
+        self.metrics.set_live_routes(live);
         if let Some(plugins) = plugins {
             self.plugins = plugins;
         }
