@@ -59,12 +59,14 @@ pub enum Command {
         #[arg(short, long, default_value = "bridge.yaml", env = "FXBRIDGE_CONFIG")]
         config: PathBuf,
     },
-    /// Demo: an embedded broker and a stand-in gateway (echo), sample readings
-    /// through a route over real MQTT and real gRPC. Not an OpenFx deployment.
+    /// Demo: an embedded broker, a stand-in gateway (echo) and a WebAssembly
+    /// transform (sensor-normalize); sample readings through a route over real
+    /// MQTT and real gRPC. Not an OpenFx deployment.
     Demo {
-        /// How many sample readings to publish.
-        #[arg(long, default_value_t = 5)]
-        messages: usize,
+        /// Keep the bridge and its status page running after the readings,
+        /// until Ctrl-C.
+        #[arg(long)]
+        stay: bool,
     },
     /// Work with WebAssembly transform plugins.
     Plugin {
@@ -131,7 +133,7 @@ pub async fn stop_signal() {
 pub fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Some(Command::Demo { .. }) => "warn,rumqttd=off",
+        Some(Command::Demo { .. }) => "error,rumqttd=off",
         _ => "info,rumqttd=warn",
     };
     init_logging(cli.log_format, default_filter);
@@ -153,7 +155,7 @@ pub fn main() -> Result<std::process::ExitCode> {
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::Check { config } => Ok(check(&config).await),
-            Command::Demo { messages } => crate::demo::run(messages).await,
+            Command::Demo { stay } => crate::demo::run(stay).await,
             Command::Plugin { command } => plugin(command).await,
             Command::StandinGateway { listen, prefix } => {
                 let listener = tokio::net::TcpListener::bind(listen)
