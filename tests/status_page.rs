@@ -242,6 +242,11 @@ async fn chromium(url: &str, budget_ms: u32, png: Option<&std::path::Path>) -> S
         "--no-sandbox",
         "--disable-gpu",
         "--no-first-run",
+        // No background connections: this machine's network is closed.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
         "--hide-scrollbars",
         "--window-size=1500,1100",
     ])
