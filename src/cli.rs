@@ -1,4 +1,4 @@
-//! The command line: `run` (the default), `check`, `demo`, `plugin test|inspect`
+//! The command line: `run` (the default), `check`, `demo`, `plugin test|inspect|new`
 //! and `standin-gateway`. Parses arguments, sets up logging and signals, and
 //! calls into the library; no bridge logic lives here.
 
@@ -90,6 +90,19 @@ pub enum PluginCommand {
     Test { plugin: PathBuf, cases: PathBuf },
     /// Show which hooks and which WIT version a component implements.
     Inspect { plugin: PathBuf },
+    /// Write the skeleton of a new plugin (source, build script, cases.yaml)
+    /// that builds with one command and passes `plugin test` as generated.
+    New {
+        /// Name of the plugin (and of its crate or package): lower-case
+        /// letters, digits, single '-' or '_' between them.
+        name: String,
+        /// Language of the plugin.
+        #[arg(long, value_enum)]
+        lang: crate::tools::scaffold::Lang,
+        /// Folder to create (it may exist if empty) [default: ./<NAME>].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -203,12 +216,12 @@ async fn check(path: &std::path::Path) -> std::process::ExitCode {
 }
 
 async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
-    use crate::tools::{cases, inspect};
+    use crate::tools::{cases, inspect, scaffold};
     use crate::transform::PluginHost;
-    let host = PluginHost::new(&crate::config::PluginsConfig::default())?;
+    let host = || PluginHost::new(&crate::config::PluginsConfig::default());
     match command {
         PluginCommand::Test { plugin, cases } => {
-            let report = cases::run_file(&host, &plugin, &cases).await?;
+            let report = cases::run_file(&host()?, &plugin, &cases).await?;
             Ok(if report.failed == 0 {
                 std::process::ExitCode::SUCCESS
             } else {
@@ -216,7 +229,11 @@ async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
             })
         }
         PluginCommand::Inspect { plugin } => {
-            print!("{}", inspect::inspect(&host, &plugin)?);
+            print!("{}", inspect::inspect(&host()?, &plugin)?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        PluginCommand::New { name, lang, dir } => {
+            print!("{}", scaffold::create(&name, lang, dir.as_deref())?);
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
