@@ -245,6 +245,23 @@ impl Core {
     /// Stops reading, drains, and disconnects.
     pub(crate) async fn stop(mut self) {
         let drain = self.config.shutdown.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
+        // A replica of a shared-subscription group leaves it first, still
+        // processing what the broker delivers meanwhile, so that nothing is
+        // queued to its session once it is gone (a scale-down never returns).
+        if self.config.mqtt.leave_shared_on_stop {
+            for handle in self.sessions.values() {
+                handle.leave_shared();
+            }
+            let all_left = async {
+                for handle in self.sessions.values_mut() {
+                    handle.left().await;
+                }
+            };
+            if tokio::time::timeout_at(deadline, all_left).await.is_err() {
+                warn!("the shared subscription groups were not left within the drain timeout; stopping anyway");
+            }
+        }
         info!(drain_timeout = %humantime::format_duration(drain), "stopping: no new messages; finishing the ones in progress");
         // Every subscriber stops handing messages to the router, and says so,
         // before the routes close: nothing is routed against a closing table.
@@ -259,7 +276,7 @@ impl Core {
                 let _ = f.wait_for(|done| *done).await;
             }
         };
-        if tokio::time::timeout(drain, all_done).await.is_err() {
+        if tokio::time::timeout_at(deadline, all_done).await.is_err() {
             warn!("drain deadline passed; unfinished messages stay unacknowledged for redelivery");
             self.services.shutdown.pass_deadline();
             let grace = async {

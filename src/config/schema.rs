@@ -59,6 +59,14 @@ pub struct MqttConfig {
     /// broker's CONNACK Maximum QoS also applies.
     #[serde(default = "default_max_qos")]
     pub max_qos: QoS,
+    /// On a graceful stop, unsubscribe the `$share/...` filters first and
+    /// finish what the broker still delivers, so a replica that leaves (a
+    /// scale-down) strands nothing in its session: the group's other members
+    /// take the rest. Off: the broker keeps queueing shares to the stopped
+    /// replica's session until it returns (the last member of a group should
+    /// keep them, or they are dropped while no member is subscribed).
+    #[serde(default = "yes")]
+    pub leave_shared_on_stop: bool,
 }
 
 fn default_max_qos() -> QoS {

@@ -94,6 +94,10 @@ pub enum Command {
     /// Every route of the session was removed: unsubscribe everything,
     /// dead-letter what still arrives, end when quiet.
     Retire,
+    /// The bridge is stopping and leaves its shared-subscription groups:
+    /// unsubscribe the `$share/...` filters, go on processing what the broker
+    /// still delivers, and say `left` once that is confirmed and quiet.
+    LeaveShared,
 }
 
 /// A running session's task and the means to change and stop it.
@@ -103,10 +107,23 @@ pub struct SessionHandle {
     /// This session's own shutdown (a child of the core's).
     shutdown: Shutdown,
     reading_stopped: watch::Receiver<bool>,
+    left: watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
 
 impl SessionHandle {
+    /// Starts leaving the session's shared-subscription groups (see
+    /// [`Command::LeaveShared`]); [`SessionHandle::left`] completes when done.
+    pub fn leave_shared(&self) {
+        let _ = self.commands.send(Command::LeaveShared);
+    }
+
+    /// Completes once the session left its shared groups (or had none, or
+    /// could not: disconnected), or has ended.
+    pub async fn left(&mut self) {
+        let _ = self.left.wait_for(|left| *left).await;
+    }
+
     pub fn subscribe(&self, subs: Vec<Subscription>) {
         if !subs.is_empty() {
             let _ = self.commands.send(Command::Subscribe(subs));
@@ -174,6 +191,7 @@ pub fn spawn(
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (stopped_tx, reading_stopped) = watch::channel(false);
+    let (left_tx, left) = watch::channel(false);
     let shutdown = spec.shutdown.clone();
     let client_id = spec.endpoint.client_id().to_string();
     let previous = record.filters(&client_id);
@@ -198,6 +216,8 @@ pub fn spawn(
         retiring: spec.retire,
         reading: true,
         reading_stopped: stopped_tx,
+        leaving: false,
+        left: left_tx,
         direct_acks: false,
         acks_in_channel: 0,
         write_timeout: spec.write_timeout,
@@ -209,6 +229,7 @@ pub fn spawn(
         commands: commands_tx,
         shutdown,
         reading_stopped,
+        left,
         task: handle,
     }
 }
@@ -232,6 +253,11 @@ struct Task {
     /// False once reading stopped: nothing more goes to the router.
     reading: bool,
     reading_stopped: watch::Sender<bool>,
+    /// Leaving the shared groups: their UNSUBSCRIBEs are out or confirmed.
+    leaving: bool,
+    /// Says the shared groups are left (confirmed, and nothing arrived since
+    /// for [`QUIET`]).
+    left: watch::Sender<bool>,
     /// The connection writes acknowledgements itself (MQTT 3.1.1).
     direct_acks: bool,
     /// Acknowledgements handed to rumqttc's channel and not yet sent.
@@ -275,6 +301,10 @@ impl Task {
                         && self.session.is_connected()
                         && self.session.unsubscribed()
                         && self.session.held() == 0;
+                    let left = self.leaving
+                        && !*self.left.borrow()
+                        && self.session.is_connected()
+                        && self.session.unsubscribed();
                     tokio::select! {
                         biased;
                         Some(done) = self.done_rx.recv() => {
@@ -287,10 +317,14 @@ impl Task {
                         }
                         () = shutdown.reading_stopped(), if self.reading => self.stop(),
                         () = shutdown.closing() => break None,
-                        () = &mut quiet, if retired => {
-                            info!(session = %self.name, "retired session is quiet: leaving it");
-                            self.went_quiet = true;
-                            break None;
+                        () = &mut quiet, if retired || left => {
+                            if retired {
+                                info!(session = %self.name, "retired session is quiet: leaving it");
+                                self.went_quiet = true;
+                                break None;
+                            }
+                            info!(session = %self.name, "left the shared subscription groups; the broker sends nothing more to this session");
+                            let _ = self.left.send(true);
                         }
                         ev = &mut poll => break Some(ev),
                     }
@@ -494,6 +528,24 @@ impl Task {
                 self.status.set_serving(false);
                 let all: Vec<String> = self.session.recorded_filters().into_iter().collect();
                 self.session.unsubscribe(all);
+            }
+            Command::LeaveShared => {
+                let shared: Vec<String> = self
+                    .session
+                    .recorded_filters()
+                    .into_iter()
+                    .filter(|f| f.starts_with("$share/"))
+                    .collect();
+                if shared.is_empty() || !self.session.is_connected() {
+                    if !shared.is_empty() {
+                        warn!(session = %self.name, filters = ?shared, "stopping while disconnected: the broker may go on queueing shares to this session until it returns");
+                    }
+                    let _ = self.left.send(true);
+                } else {
+                    info!(session = %self.name, filters = ?shared, "leaving the shared subscription groups before stopping");
+                    self.leaving = true;
+                    self.session.unsubscribe(shared);
+                }
             }
         }
         // Record a new filter before its SUBSCRIBE leaves.
