@@ -8,6 +8,10 @@
 //! 3. **close**: connections send what they owe (acknowledgements, a
 //!    DISCONNECT) and end.
 //!
+//! Before phase 1 the core may have its sessions leave their shared
+//! subscription groups (`mqtt.leave_shared_on_stop`, see `bridge::core`),
+//! while they still read; that is not a phase of this type.
+//!
 //! A part that can also stop on its own (a session retired by a reload) gets
 //! a [`Shutdown::child`]: it follows every phase of its parent, and can be
 //! moved through the phases alone.
