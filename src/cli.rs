@@ -1,4 +1,4 @@
-//! The command line: `run` (the default), `check`, `demo`, `plugin test|inspect|new`
+//! The command line: `run` (the default), `check`, `demo`, `plugin test|inspect|new|compile`
 //! and `standin-gateway`. Parses arguments, sets up logging and signals, and
 //! calls into the library; no bridge logic lives here.
 
@@ -90,6 +90,20 @@ pub enum PluginCommand {
     Test { plugin: PathBuf, cases: PathBuf },
     /// Show which hooks and which WIT version a component implements.
     Inspect { plugin: PathBuf },
+    /// Compile components ahead of time into `<name>.cwasm` next to each
+    /// `.wasm`, where the bridge loads them instead of compiling on start
+    /// (a device then never runs Cranelift). The file is checked when loaded:
+    /// made from this very `.wasm`, by this fxbridge version with these engine
+    /// settings, for this architecture; anything else is compiled as usual.
+    Compile {
+        #[arg(required = true)]
+        plugins: Vec<PathBuf>,
+        /// The target triple of the device, e.g. `aarch64-unknown-linux-musl`
+        /// (default: this machine, with its CPU's features). A target uses the
+        /// architecture's baseline features, so the file runs on any such device.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Write the skeleton of a new plugin (source, build script, cases.yaml)
     /// that builds with one command and passes `plugin test` as generated.
     New {
@@ -230,6 +244,25 @@ async fn plugin(command: PluginCommand) -> Result<std::process::ExitCode> {
         }
         PluginCommand::Inspect { plugin } => {
             print!("{}", inspect::inspect(&host()?, &plugin)?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        PluginCommand::Compile { plugins, target } => {
+            let settings = crate::config::PluginsConfig::default();
+            for plugin in &plugins {
+                let started = std::time::Instant::now();
+                let out = crate::transform::precompile(&settings, plugin, target.as_deref())?;
+                let file = crate::transform::precompiled_path(plugin);
+                std::fs::write(&file, &out)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                println!(
+                    "{} -> {} ({} bytes, for {}, {:.1} s)",
+                    plugin.display(),
+                    file.display(),
+                    out.len(),
+                    target.as_deref().unwrap_or("this machine"),
+                    started.elapsed().as_secs_f64()
+                );
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
         PluginCommand::New { name, lang, dir } => {

@@ -518,3 +518,80 @@ async fn for_route_loads_and_configures_eagerly() {
     assert!(e.contains("template.wasm"), "{e}");
     assert!(e.contains("configure failed"), "{e}");
 }
+
+/// A copy of plugin `name` in a fresh folder (its `.cwasm` goes next to it).
+fn copy_of(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let to = dir.join(format!("{name}.wasm"));
+    std::fs::copy(dist(name), &to).unwrap();
+    to
+}
+
+#[tokio::test]
+async fn a_precompiled_component_is_loaded_instead_of_compiled_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_cache = PluginsConfig {
+        cache: false,
+        ..PluginsConfig::default()
+    };
+    let wasm = copy_of("sensor-normalize", dir.path());
+    let cwasm = fxbridge::transform::precompiled_path(&wasm);
+    assert_eq!(cwasm, dir.path().join("sensor-normalize.cwasm"));
+
+    // For this machine, and for its architecture's baseline (a device's
+    // file): both load without compiling, and run.
+    let arch_triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    for target in [None, Some(arch_triple.as_str())] {
+        let bytes = fxbridge::transform::precompile(&no_cache, &wasm, target).unwrap();
+        std::fs::write(&cwasm, &bytes).unwrap();
+        let host = PluginHost::new(&no_cache).unwrap();
+        let p = host.load(&wasm).unwrap();
+        assert_eq!(
+            p.origin(),
+            fxbridge::transform::Origin::Precompiled,
+            "{target:?}"
+        );
+        let s = host.cache_stats();
+        assert_eq!((s.compiled, s.precompiled), (0, 1), "{target:?}");
+        let t = RouteTransform::new(&host, p, "r", "null".into(), &TransformLimits::default());
+        assert_eq!(
+            before(&t, r#"{"device":"d","temp":20}"#).await.unwrap(),
+            r#"{"device":"d","temperature_c":20.0}"#
+        );
+    }
+
+    // Made from another version of the component: refused, compiled instead,
+    // and the operator's file left alone.
+    let other = copy_of("tagger", dir.path());
+    std::fs::write(
+        fxbridge::transform::precompiled_path(&other),
+        fxbridge::transform::precompile(&no_cache, &dist("tagger-v2"), None).unwrap(),
+    )
+    .unwrap();
+    let host = PluginHost::new(&no_cache).unwrap();
+    let p = host.load(&other).unwrap();
+    assert_eq!(p.origin(), fxbridge::transform::Origin::Compiled);
+    let s = host.cache_stats();
+    assert_eq!((s.compiled, s.precompiled_rejected), (1, 1));
+    assert!(fxbridge::transform::precompiled_path(&other).is_file());
+
+    // Damaged: refused by its checksum, compiled instead.
+    let mut bytes = std::fs::read(&cwasm).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&cwasm, &bytes).unwrap();
+    let host = PluginHost::new(&no_cache).unwrap();
+    let p = host.load(&wasm).unwrap();
+    assert_eq!(p.origin(), fxbridge::transform::Origin::Compiled);
+    assert_eq!(host.cache_stats().precompiled_rejected, 1);
+
+    // Another architecture needs the `cross-compile` feature, and says so.
+    if !cfg!(feature = "cross-compile") {
+        let other_arch = if cfg!(target_arch = "aarch64") {
+            "x86_64-unknown-linux-musl"
+        } else {
+            "aarch64-unknown-linux-musl"
+        };
+        let e = fxbridge::transform::precompile(&no_cache, &wasm, Some(other_arch)).unwrap_err();
+        assert!(format!("{e:#}").contains("cross-compile"), "{e:#}");
+    }
+}

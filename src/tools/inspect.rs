@@ -52,11 +52,7 @@ pub fn describe(plugin: &Plugin, size: Option<u64>) -> String {
         s,
         "compiled:  {:.1} ms ({})",
         plugin.load_time().as_secs_f64() * 1e3,
-        if plugin.from_cache() {
-            "from the compile cache"
-        } else {
-            "compiled now"
-        }
+        plugin.origin().describe()
     );
     let (wasi, other): (Vec<&String>, Vec<&String>) = plugin
         .imports()

@@ -23,7 +23,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings;
-use super::plugin::Plugin;
+use super::plugin::{Origin, Plugin};
 use super::sandbox::{hex, wt, EPOCH_TICK, MAX_MEMORY, POOL, TABLE_ELEMENTS};
 use super::state::HostState;
 use crate::config::PluginsConfig;
@@ -43,6 +43,11 @@ pub struct CacheStats {
     pub memory_hits: AtomicU64,
     /// Disk cache entries that could not be used (corrupt, incompatible).
     pub disk_rejected: AtomicU64,
+    /// Components loaded from a precompiled file shipped next to them.
+    pub precompiled: AtomicU64,
+    /// Precompiled files that could not be used (stale, damaged, another
+    /// engine or architecture).
+    pub precompiled_rejected: AtomicU64,
 }
 
 /// A copy of [`CacheStats`].
@@ -52,6 +57,8 @@ pub struct CacheSnapshot {
     pub disk_hits: u64,
     pub memory_hits: u64,
     pub disk_rejected: u64,
+    pub precompiled: u64,
+    pub precompiled_rejected: u64,
 }
 
 /// The WebAssembly runtime of the process: one per process (tests may make more).
@@ -85,30 +92,90 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".cache").join("fxbridge"))
 }
 
+/// The suffix of a precompiled component shipped next to its `.wasm`.
+pub const PRECOMPILED_EXTENSION: &str = "cwasm";
+
+/// The precompiled file `fxbridge plugin compile` writes for `component`, and
+/// the host looks for: `<dir>/<stem>.cwasm`.
+pub fn precompiled_path(component: &Path) -> PathBuf {
+    component.with_extension(PRECOMPILED_EXTENSION)
+}
+
+/// The engine settings of every plugin host; a precompiled component must
+/// have been made with the same ones (wasmtime checks it when loading).
+fn engine_config(cfg: &PluginsConfig) -> Result<Config> {
+    let max_stack = usize::try_from(cfg.max_stack.0).context("plugins.max_stack")?;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL.component_instances)
+        .total_core_instances(POOL.core_instances)
+        .total_memories(POOL.memories)
+        .total_tables(POOL.tables)
+        .total_stacks(POOL.stacks)
+        .max_memory_size(MAX_MEMORY as usize)
+        .table_elements(TABLE_ELEMENTS)
+        .max_unused_warm_slots(64);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(cfg.fuel_metering)
+        .max_wasm_stack(max_stack)
+        // Room for host functions above the guest's stack.
+        .async_stack_size(max_stack + (1 << 20))
+        .memory_reservation(MAX_MEMORY)
+        .memory_reservation_for_growth(0)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(config)
+}
+
+/// Compiles the component at `path` ahead of time for `target` (a target
+/// triple, e.g. `aarch64-unknown-linux-musl`; this machine when `None`) with
+/// the engine settings of `cfg`, in the format [`PluginHost::load`] takes
+/// from [`precompiled_path`]: the serialized component, the sha256 of the
+/// `.wasm` it was made from, and a sha256 of both. With a target, Cranelift
+/// uses that architecture's baseline features (not this machine's), so the
+/// file runs on every device of the architecture.
+pub fn precompile(cfg: &PluginsConfig, path: &Path, target: Option<&str>) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+    if !wasmparser_is_component(&bytes) {
+        bail!("{} is not a WebAssembly component", path.display());
+    }
+    let mut config = engine_config(cfg)?;
+    let cross = |triple: &str| {
+        format!(
+            "cannot compile for {triple} (this fxbridge compiles for {}; build it with \
+             the cargo feature `cross-compile` for other architectures, or run the \
+             target's own fxbridge, e.g. under qemu)",
+            std::env::consts::ARCH
+        )
+    };
+    if let Some(triple) = target {
+        config
+            .target(triple)
+            .map_err(wt)
+            .with_context(|| cross(triple))?;
+    }
+    let engine = Engine::new(&config)
+        .map_err(wt)
+        .with_context(|| match target {
+            Some(triple) => cross(triple),
+            None => "creating the wasmtime engine".to_string(),
+        })?;
+    let mut out = engine
+        .precompile_component(&bytes)
+        .map_err(wt)
+        .with_context(|| format!("{} does not compile", path.display()))?;
+    out.extend_from_slice(&Sha256::digest(&bytes));
+    let seal = Sha256::digest(&out);
+    out.extend_from_slice(&seal);
+    Ok(out)
+}
+
 impl PluginHost {
     /// Builds the engine, the linker and the epoch ticker.
     pub fn new(cfg: &PluginsConfig) -> Result<Arc<PluginHost>> {
-        let max_stack = usize::try_from(cfg.max_stack.0).context("plugins.max_stack")?;
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(POOL.component_instances)
-            .total_core_instances(POOL.core_instances)
-            .total_memories(POOL.memories)
-            .total_tables(POOL.tables)
-            .total_stacks(POOL.stacks)
-            .max_memory_size(MAX_MEMORY as usize)
-            .table_elements(TABLE_ELEMENTS)
-            .max_unused_warm_slots(64);
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .consume_fuel(cfg.fuel_metering)
-            .max_wasm_stack(max_stack)
-            // Room for host functions above the guest's stack.
-            .async_stack_size(max_stack + (1 << 20))
-            .memory_reservation(MAX_MEMORY)
-            .memory_reservation_for_growth(0)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let config = engine_config(cfg)?;
         let engine = Engine::new(&config)
             .map_err(wt)
             .context("creating the wasmtime engine")?;
@@ -172,6 +239,8 @@ impl PluginHost {
             disk_hits: self.stats.disk_hits.load(Ordering::Relaxed),
             memory_hits: self.stats.memory_hits.load(Ordering::Relaxed),
             disk_rejected: self.stats.disk_rejected.load(Ordering::Relaxed),
+            precompiled: self.stats.precompiled.load(Ordering::Relaxed),
+            precompiled_rejected: self.stats.precompiled_rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -209,7 +278,7 @@ impl PluginHost {
             );
         }
         let started = Instant::now();
-        let (component, from_cache) = self.compile(path, &bytes, &sha)?;
+        let (component, origin) = self.compile(path, &bytes, &sha)?;
         let plugin = Plugin::link(
             &self.engine,
             &self.linker,
@@ -217,20 +286,35 @@ impl PluginHost {
             component,
             sha,
             started.elapsed(),
-            from_cache,
+            origin,
         )?;
         let plugin = Arc::new(plugin);
         loaded.insert(sha, Arc::clone(&plugin));
         Ok(plugin)
     }
 
-    fn compile(&self, path: &Path, bytes: &[u8], sha: &[u8; 32]) -> Result<(Component, bool)> {
+    fn compile(&self, path: &Path, bytes: &[u8], sha: &[u8; 32]) -> Result<(Component, Origin)> {
+        let shipped = precompiled_path(path);
+        match self.read_precompiled(&shipped, sha) {
+            Ok(Some(c)) => {
+                self.stats.precompiled.fetch_add(1, Ordering::Relaxed);
+                return Ok((c, Origin::Precompiled));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Left in place: it is the operator's file, not ours.
+                self.stats
+                    .precompiled_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %shipped.display(), error = %format!("{e:#}"), "precompiled component unusable here; compiling the .wasm instead");
+            }
+        }
         let cache_file = self.cache_path(sha);
         if let Some(file) = &cache_file {
             match self.read_cache(file) {
                 Ok(Some(c)) => {
                     self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok((c, true));
+                    return Ok((c, Origin::Cache));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -249,7 +333,42 @@ impl PluginHost {
                 tracing::warn!(file = %file.display(), error = %format!("{e:#}"), "cannot write the compile cache");
             }
         }
-        Ok((component, false))
+        Ok((component, Origin::Compiled))
+    }
+
+    /// A precompiled component shipped as `file` for the `.wasm` whose sha256
+    /// is `sha`: `None` when there is none; an error when it is for another
+    /// `.wasm`, damaged, or made for another engine or architecture.
+    fn read_precompiled(&self, file: &Path, sha: &[u8; 32]) -> Result<Option<Component>> {
+        let data = match std::fs::read(file) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("reading"),
+        };
+        if data.len() < 64 {
+            bail!("truncated");
+        }
+        let (sealed, seal) = data.split_at(data.len() - 32);
+        if Sha256::digest(sealed).as_slice() != seal {
+            bail!("checksum mismatch: the file is damaged");
+        }
+        let (artifact, source) = sealed.split_at(sealed.len() - 32);
+        if source != sha {
+            bail!(
+                "it was compiled from another version of the component (sha256 {}, this one {}): run `fxbridge plugin compile` again",
+                hex(source),
+                hex(sha)
+            );
+        }
+        // SAFETY: the file is the operator's, next to the component it names
+        // by sha256 and sealed with a checksum, as trusted as the component
+        // itself and the configuration that points at both; wasmtime checks
+        // its header (version, engine settings, target, CPU features) against
+        // this engine and refuses what would not run here.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
+            .map_err(wt)
+            .context("wasmtime refused it (made for another fxbridge version, engine setting or architecture)")?;
+        Ok(Some(component))
     }
 
     /// A cache entry is the serialized component followed by its sha256.

@@ -44,8 +44,11 @@ mod state;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use host::{default_cache_dir, CacheSnapshot, PluginHost};
-pub use plugin::{Plugin, WIT_PACKAGE, WIT_VERSION};
+pub use host::{
+    default_cache_dir, precompile, precompiled_path, CacheSnapshot, PluginHost,
+    PRECOMPILED_EXTENSION,
+};
+pub use plugin::{Origin, Plugin, WIT_PACKAGE, WIT_VERSION};
 pub use route::{RouteTransform, MIN_SETUP_TIMEOUT};
 pub use sandbox::{PoolLimits, EPOCH_TICK, MAX_MEMORY, POOL};
 

@@ -36,7 +36,30 @@ pub struct Plugin {
     exports: Vec<String>,
     wit_version: String,
     load_time: Duration,
-    from_cache: bool,
+    origin: Origin,
+}
+
+/// Where a plugin's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled by Cranelift when it was loaded.
+    Compiled,
+    /// The compile cache (`plugins.cache_dir`), written by an earlier load.
+    Cache,
+    /// A precompiled file shipped next to the component (`<name>.cwasm`,
+    /// made by `fxbridge plugin compile`).
+    Precompiled,
+}
+
+impl Origin {
+    /// How `plugin inspect` says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Compiled => "compiled now",
+            Origin::Cache => "from the compile cache",
+            Origin::Precompiled => "precompiled (the .cwasm next to the component)",
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -58,7 +81,7 @@ impl Plugin {
         component: Component,
         sha256: [u8; 32],
         load_time: Duration,
-        from_cache: bool,
+        origin: Origin,
     ) -> Result<Plugin> {
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -153,7 +176,7 @@ impl Plugin {
             exports: export_names,
             wit_version,
             load_time,
-            from_cache,
+            origin,
         })
     }
 
@@ -203,7 +226,11 @@ impl Plugin {
     }
     /// Whether the compiled code came from the disk cache.
     pub fn from_cache(&self) -> bool {
-        self.from_cache
+        self.origin == Origin::Cache
+    }
+    /// Where the compiled code came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 }
 
