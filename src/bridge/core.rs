@@ -242,14 +242,16 @@ impl Core {
         changes
     }
 
-    /// Stops reading, drains, and disconnects.
-    pub(crate) async fn stop(mut self) {
+    /// Stops: leaves the shared-subscription groups first when `leave_shared`
+    /// (the process is going away, `mqtt.leave_shared_on_stop`), then stops
+    /// reading, drains until `shutdown.drain_timeout`, and closes.
+    pub(crate) async fn stop(mut self, leave_shared: bool) {
         let drain = self.config.shutdown.drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
         // A replica of a shared-subscription group leaves it first, still
         // processing what the broker delivers meanwhile, so that nothing is
         // queued to its session once it is gone (a scale-down never returns).
-        if self.config.mqtt.leave_shared_on_stop {
+        if leave_shared {
             for handle in self.sessions.values() {
                 handle.leave_shared();
             }

@@ -135,7 +135,8 @@ impl Bridge {
             (Some(prepared), _) => {
                 info!("connection settings changed: draining, then reconnecting with the new ones");
                 if let Some(core) = self.core.take() {
-                    core.stop().await;
+                    // The process goes on: it stays in its shared groups.
+                    core.stop(false).await;
                 }
                 self.core = Some(prepared.start(&self.metrics, routes));
                 format!(
@@ -176,7 +177,8 @@ impl Bridge {
     pub async fn stop(mut self) -> Result<()> {
         let started = Instant::now();
         if let Some(core) = self.core.take() {
-            core.stop().await;
+            let leave = core.config().mqtt.leave_shared_on_stop;
+            core.stop(leave).await;
         }
         if let Some((stop, task)) = self.admin.take() {
             stop.cancel();
