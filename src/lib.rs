@@ -39,6 +39,8 @@ pub mod config;
 mod deadletter;
 mod demo;
 pub mod gateway;
+#[cfg(feature = "journal")]
+pub mod journal;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;
