@@ -39,9 +39,7 @@ log "building the plugins (Rust, JavaScript, Python) from source"
 bash plugins/build.sh
 
 log "running the tests"
-# `journal`: the durable journal's storage, optional until it is on the
-# message path, is tested too (tests/journal.rs).
-cargo nextest run --workspace --features journal --profile ci --no-fail-fast "$@"
+cargo nextest run --workspace --profile ci --no-fail-fast "$@"
 
 log "running every plugin's cases in the production sandbox"
 cargo build --quiet --bin fxbridge

@@ -39,7 +39,6 @@ pub mod config;
 mod deadletter;
 mod demo;
 pub mod gateway;
-#[cfg(feature = "journal")]
 pub mod journal;
 pub mod message;
 pub mod metrics;

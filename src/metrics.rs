@@ -67,6 +67,26 @@ pub struct DeadLetterEvent {
     pub reason: String,
 }
 
+/// The journal's depth and counters (`/metrics`, `/api/status`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct JournalState {
+    /// Messages in the journal (received, not finished).
+    pub entries: u64,
+    /// The database and its WAL on disk.
+    pub disk_bytes: u64,
+    /// Age of the oldest message in it (0 when empty).
+    pub oldest_age_seconds: f64,
+    pub appends: u64,
+    /// Commits, each one fsync.
+    pub commits: u64,
+    pub appended_bytes: u64,
+    pub removed: u64,
+    /// Appends refused because the journal (or the disk) was full.
+    pub full: u64,
+    /// Messages dropped to make room (`when_full: drop_oldest`).
+    pub dropped: u64,
+}
+
 /// One reload's outcome, as the status page shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadEvent {
@@ -284,6 +304,8 @@ pub struct Metrics {
     live_routes: Mutex<Vec<crate::status::LiveRoute>>,
     /// When this set of metrics was created (the bridge started).
     started_ms: AtomicU64,
+    /// The journal, when `buffer.kind` is `disk`.
+    journal: Mutex<Option<crate::journal::Journal>>,
 }
 
 impl Metrics {
@@ -296,6 +318,34 @@ impl Metrics {
     /// When the bridge started, in milliseconds since the Unix epoch.
     pub fn started_ms(&self) -> u64 {
         self.started_ms.load(Relaxed)
+    }
+
+    /// The journal whose depth and counters are shown.
+    pub fn set_journal(&self, journal: crate::journal::Journal) {
+        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = Some(journal);
+    }
+
+    /// The journal's state, when there is one.
+    pub fn journal(&self) -> Option<JournalState> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let j = journal.as_ref()?;
+        let c = j.counters();
+        let oldest = c.oldest_at_ms.load(Relaxed);
+        Some(JournalState {
+            entries: c.entries.load(Relaxed),
+            disk_bytes: j.disk_bytes(),
+            oldest_age_seconds: if oldest > 0 {
+                now_ms().saturating_sub(oldest) as f64 / 1000.0
+            } else {
+                0.0
+            },
+            appends: c.appends.load(Relaxed),
+            commits: c.commits.load(Relaxed),
+            appended_bytes: c.appended_bytes.load(Relaxed),
+            removed: c.removed.load(Relaxed),
+            full: c.full.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+        })
     }
 
     /// Records the routes of the version that runs now.
@@ -751,6 +801,70 @@ impl Metrics {
             }
         }
         render_plugins(&mut out, &routes);
+        if let Some(j) = self.journal() {
+            let lines: [(&str, &str, &str, String); 9] = [
+                (
+                    "journal_entries",
+                    "Messages in the journal: received, not finished.",
+                    "gauge",
+                    j.entries.to_string(),
+                ),
+                (
+                    "journal_disk_bytes",
+                    "The journal's database and WAL on disk.",
+                    "gauge",
+                    j.disk_bytes.to_string(),
+                ),
+                (
+                    "journal_oldest_age_seconds",
+                    "Age of the oldest message in the journal (0 when empty).",
+                    "gauge",
+                    format!("{:.3}", j.oldest_age_seconds),
+                ),
+                (
+                    "journal_appends_total",
+                    "Messages appended to the journal.",
+                    "counter",
+                    j.appends.to_string(),
+                ),
+                (
+                    "journal_commits_total",
+                    "Journal commits (one fsync each; appends share them).",
+                    "counter",
+                    j.commits.to_string(),
+                ),
+                (
+                    "journal_appended_bytes_total",
+                    "Bytes appended to the journal (topic, payload, properties).",
+                    "counter",
+                    j.appended_bytes.to_string(),
+                ),
+                (
+                    "journal_removed_total",
+                    "Finished messages removed from the journal.",
+                    "counter",
+                    j.removed.to_string(),
+                ),
+                (
+                    "journal_full_total",
+                    "Appends refused because the journal or its disk was full.",
+                    "counter",
+                    j.full.to_string(),
+                ),
+                (
+                    "journal_dropped_total",
+                    "Messages dropped to make room (buffer.when_full: drop_oldest).",
+                    "counter",
+                    j.dropped.to_string(),
+                ),
+            ];
+            for (name, help, kind, v) in lines {
+                let _ = writeln!(
+                    out,
+                    "# HELP fxbridge_{name} {help}\n# TYPE fxbridge_{name} {kind}\nfxbridge_{name} {v}"
+                );
+            }
+        }
         out
     }
 }

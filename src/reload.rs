@@ -212,6 +212,9 @@ pub async fn plan(
     if new.admin != old.admin || new.admin_token != old.admin_token {
         needs_restart.push("admin");
     }
+    if new.buffer != old.buffer || new.journal_path != old.journal_path {
+        needs_restart.push("buffer");
+    }
     let new_host = new.plugins != old.plugins;
     let reconnect = new_host
         || new.mqtt != old.mqtt

@@ -228,7 +228,7 @@ impl Sampler {
                 rejected,
                 history: m.reload_history(),
             },
-            journal: None,
+            journal: m.journal(),
         }
     }
 }
@@ -247,9 +247,8 @@ pub struct Status {
     pub totals: Totals,
     pub routes: Vec<RouteStatus>,
     pub reloads: Reloads,
-    /// The durable journal's state; `null` while messages are buffered in
-    /// memory only (the journal does not exist yet).
-    pub journal: Option<()>,
+    /// The durable journal's state; `null` with `buffer.kind: memory`.
+    pub journal: Option<crate::metrics::JournalState>,
 }
 
 #[derive(Debug, Serialize)]

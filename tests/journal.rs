@@ -3,13 +3,12 @@
 //! fsyncs, the size bound, appends acknowledged before a SIGKILL all present
 //! after it, a torn WAL tail reported and skipped, a damaged database moved
 //! aside, and a full disk (a small tmpfs) refusing appends without damage.
-//! Built with `--features journal` (scripts/test.sh does).
-#![cfg(feature = "journal")]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use fxbridge::config::WhenFull;
 use fxbridge::journal::store::{MIN_MAX_SIZE, WAL_LIMIT};
 use fxbridge::journal::{AppendError, GroupCommit, Journal, Record, Store};
 
@@ -80,7 +79,7 @@ fn appends_keep_their_order_and_removals_stay_removed_across_reopening() {
 async fn concurrent_appends_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(&dir.path().join("j.db"), BIG).unwrap();
-    let journal = Journal::start(store, GroupCommit::default()).unwrap();
+    let journal = Journal::start(store, GroupCommit::default(), WhenFull::Block).unwrap();
     let n = 2_000;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -158,7 +157,7 @@ async fn journal_crash_child() {
         return;
     };
     let (store, _) = Store::open(Path::new(&path), BIG).unwrap();
-    let journal = Journal::start(store, GroupCommit::default()).unwrap();
+    let journal = Journal::start(store, GroupCommit::default(), WhenFull::Block).unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..8 {
         let j = journal.clone();

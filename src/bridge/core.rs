@@ -15,6 +15,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Route};
 use crate::gateway::Gateway;
+use crate::journal::replay::{self, ReplaySpec};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::mqtt::inbound::{self, Dispatch, SessionHandle, SessionSpec};
 use crate::mqtt::outbound::PublisherTask;
@@ -65,6 +67,10 @@ pub(crate) struct Core {
     /// Sessions whose routes are gone, unsubscribing and draining.
     retiring: Vec<SessionHandle>,
     outbound: JoinHandle<()>,
+    /// The journal (`buffer: {kind: disk}`) and its replay tasks, one per
+    /// session (and one for the sessions only the journal still has).
+    journal: Option<Journal>,
+    replays: Vec<JoinHandle<()>>,
 }
 
 impl Core {
@@ -129,11 +135,63 @@ impl Core {
                 retire,
                 write_timeout: self.config.mqtt.connect_timeout,
                 shutdown: self.services.shutdown.child(),
+                journal: self.journal.clone(),
             },
             Arc::clone(&self.router) as Arc<dyn Dispatch>,
             Arc::clone(&self.record),
             Arc::clone(&self.metrics),
         )
+    }
+
+    /// Starts replaying session `name`'s messages from the journal.
+    fn spawn_replay(&mut self, name: &str) {
+        if let Some(journal) = &self.journal {
+            let spec = ReplaySpec {
+                session: name.to_string(),
+                journal: journal.clone(),
+                max_pending: self.config.mqtt.max_pending,
+                shutdown: self.services.shutdown.clone(),
+            };
+            self.replays.push(replay::spawn(
+                spec,
+                Arc::clone(&self.router) as Arc<dyn Dispatch>,
+            ));
+        }
+    }
+
+    /// Replays what the journal holds of sessions no route uses any more: no
+    /// route takes those messages, so they are dead-lettered as unrouted.
+    fn replay_orphans(&mut self) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let serving: Vec<String> = self.sessions.keys().cloned().collect();
+        let router = Arc::clone(&self.router) as Arc<dyn Dispatch>;
+        let shutdown = self.services.shutdown.clone();
+        let max_pending = self.config.mqtt.max_pending;
+        self.replays.push(tokio::spawn(async move {
+            let sessions = match journal.sessions().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot list the journal's sessions");
+                    return;
+                }
+            };
+            let mut orphans = Vec::new();
+            for session in sessions.into_iter().filter(|s| !serving.contains(s)) {
+                info!(%session, "the journal holds messages of a session no route uses: dead-lettering them as unrouted");
+                let spec = ReplaySpec {
+                    session,
+                    journal: journal.clone(),
+                    max_pending,
+                    shutdown: shutdown.clone(),
+                };
+                orphans.push(replay::spawn(spec, Arc::clone(&router)));
+            }
+            for o in orphans {
+                let _ = o.await;
+            }
+        }));
     }
 
     /// Closes the retiring session under `client_id`, if one runs: a new
@@ -228,6 +286,7 @@ impl Core {
             let subs = subscribe.remove(name).unwrap_or_default();
             let handle = self.spawn_session(name, subs, false);
             self.sessions.insert(name.clone(), handle);
+            self.spawn_replay(name);
         }
         for (name, handle) in &self.sessions {
             if let Some(subs) = subscribe.remove(name) {
@@ -297,6 +356,9 @@ impl Core {
         {
             handle.closed().await;
         }
+        for replay in std::mem::take(&mut self.replays) {
+            let _ = replay.await;
+        }
         let _ = self.outbound.await;
         // The spans of the last messages go out before the core is gone.
         let services = Arc::clone(&self.services);
@@ -307,7 +369,12 @@ impl Core {
 impl Prepared {
     /// Connects and starts a worker per route and a subscriber per session.
     /// An unreachable broker or gateway is retried in the background.
-    pub(crate) fn start(self, metrics: &Arc<Metrics>, routes: Vec<Arc<RouteCtx>>) -> Core {
+    pub(crate) fn start(
+        self,
+        metrics: &Arc<Metrics>,
+        routes: Vec<Arc<RouteCtx>>,
+        journal: Option<Journal>,
+    ) -> Core {
         let Prepared {
             config,
             publisher,
@@ -366,11 +433,15 @@ impl Prepared {
             sessions: BTreeMap::new(),
             retiring: Vec::new(),
             outbound,
+            journal,
+            replays: Vec::new(),
         };
         for (name, subs) in wanted {
             let handle = core.spawn_session(&name, subs, false);
-            core.sessions.insert(name, handle);
+            core.sessions.insert(name.clone(), handle);
+            core.spawn_replay(&name);
         }
+        core.replay_orphans();
         // Sessions an earlier run recorded that no route uses any more.
         let serving: Vec<String> = core
             .sessions

@@ -29,7 +29,9 @@ mod load;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+
+use crate::journal::{GroupCommit, Journal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -63,6 +65,30 @@ pub struct Bridge {
     plugins: Arc<Plugins>,
     core: Option<Core>,
     admin: Option<(CancellationToken, JoinHandle<()>)>,
+    /// `buffer: {kind: disk}`: lives as long as the process, across reloads.
+    journal: Option<Journal>,
+}
+
+/// Opens the journal at `path` and starts its thread, reporting what it found.
+fn open_journal(
+    path: &std::path::Path,
+    max_size: u64,
+    when_full: crate::config::WhenFull,
+    metrics: &Metrics,
+) -> Result<Journal> {
+    let (store, opened) = crate::journal::Store::open(path, max_size)
+        .map_err(|e| anyhow::anyhow!("cannot open the journal {}: {e}", path.display()))?;
+    if let Some((aside, why)) = &opened.damaged {
+        tracing::error!(journal = %path.display(), moved_to = %aside.display(), reason = %why, "the journal was damaged: moved aside, starting a new one (its messages are not processed)");
+    }
+    if let Some(bytes) = opened.torn_wal_bytes {
+        warn!(journal = %path.display(), bytes, "the journal ended in a torn write (a crash during a commit that was never acknowledged): skipped");
+    }
+    info!(journal = %path.display(), messages = opened.entries, took = ?opened.took, "journal opened; messages left from before are processed first");
+    let journal = Journal::start(store, GroupCommit::default(), when_full)
+        .context("cannot start the journal's thread")?;
+    metrics.set_journal(journal.clone());
+    Ok(journal)
 }
 
 impl Bridge {
@@ -76,6 +102,15 @@ impl Bridge {
         let plugins = Plugins::new(&config.plugins);
         let routes = load_routes(&config, &metrics, &plugins, |_| None).await?;
         metrics.set_live_routes(routes.iter().map(|r| LiveRoute::of(r)).collect());
+        let journal = match &config.journal_path {
+            Some(path) => Some(open_journal(
+                path,
+                config.buffer.max_size.0,
+                config.buffer.when_full,
+                &metrics,
+            )?),
+            None => None,
+        };
         let prepared = Core::prepare(config.clone(), &metrics)?;
         let admin = match &config.admin {
             Some(a) => {
@@ -94,12 +129,13 @@ impl Bridge {
         if let Some(b) = &config.broker {
             crate::broker::start(b, config.mqtt.max_packet_size.as_usize()).await?;
         }
-        let core = prepared.start(&metrics, routes);
+        let core = prepared.start(&metrics, routes, journal.clone());
         Ok(Bridge {
             metrics,
             plugins,
             core: Some(core),
             admin,
+            journal,
         })
     }
 
@@ -138,7 +174,7 @@ impl Bridge {
                     // The process goes on: it stays in its shared groups.
                     core.stop(false).await;
                 }
-                self.core = Some(prepared.start(&self.metrics, routes));
+                self.core = Some(prepared.start(&self.metrics, routes, self.journal.clone()));
                 format!(
                     "reconnected with new connection settings; {} routes",
                     config.routes.len()

@@ -26,9 +26,10 @@ use std::path::{Path, PathBuf};
 
 pub use self::errors::{ConfigError, ConfigErrors};
 pub use self::schema::{
-    AdminConfig, Backoff, EmbeddedBrokerConfig, GatewayConfig, KeepAlive, LogLevel, MqttConfig,
-    Order, OtlpConfig, PluginsConfig, RepublishConfig, ResponseConfig, Retained, RetryConfig,
-    RouteConfig, ShutdownConfig, TelemetryConfig, TransformConfig, TransformLimits, UnroutedConfig,
+    AdminConfig, Backoff, BufferConfig, BufferKind, EmbeddedBrokerConfig, GatewayConfig, KeepAlive,
+    LogLevel, MqttConfig, Order, OtlpConfig, PluginsConfig, RepublishConfig, ResponseConfig,
+    Retained, RetryConfig, RouteConfig, ShutdownConfig, TelemetryConfig, TransformConfig,
+    TransformLimits, UnroutedConfig, WhenFull,
 };
 pub use self::values::{ByteSize, GrpcCode, Protocol, Secret};
 pub use crate::tls::TlsFiles;
@@ -221,6 +222,9 @@ pub struct Config {
     /// Where the bridge keeps what must survive a restart (the subscriptions
     /// of each session); `None` when no directory could be found.
     pub state_dir: Option<PathBuf>,
+    pub buffer: BufferConfig,
+    /// The journal's file when `buffer.kind` is `disk`.
+    pub journal_path: Option<PathBuf>,
     pub routes: Vec<Route>,
     /// Directory that relative paths in the file are taken from.
     pub base_dir: PathBuf,
@@ -240,6 +244,7 @@ const TOP_LEVEL: &[&str] = &[
     "unrouted",
     "telemetry",
     "state_dir",
+    "buffer",
     "routes",
 ];
 
@@ -434,6 +439,10 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         }
         None => default_state_dir(),
     };
+    let buffer: Option<BufferConfig> = match take("buffer") {
+        Some(v) => c.section("buffer", v),
+        None => Some(BufferConfig::default()),
+    };
     let raw_routes: Vec<Option<RouteConfig>> = match take("routes") {
         Some(serde_yaml::Value::Sequence(items)) => items
             .into_iter()
@@ -516,6 +525,25 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         }
     }
 
+    let mut journal_path = None;
+    if let Some(b) = buffer.as_ref().filter(|b| b.kind == BufferKind::Disk) {
+        // The journal's smallest size: room for its WAL (4 MiB) and 1 MiB.
+        if b.max_size.0 < 5 << 20 {
+            c.at("buffer.max_size", "must be at least 5MiB");
+        }
+        journal_path = match (&b.path, &state_dir) {
+            (Some(p), _) => Some(base_dir.join(p)),
+            (None, Some(d)) => Some(d.join("journal.db")),
+            (None, None) => {
+                c.at(
+                    "buffer.path",
+                    "no state directory to put the journal in: set `buffer.path` or `state_dir`",
+                );
+                None
+            }
+        };
+    }
+
     let fuel_metering = plugins.as_ref().is_some_and(|p| p.fuel_metering);
     let mut names = HashSet::new();
     let mut routes = Vec::new();
@@ -558,6 +586,8 @@ fn build(doc: serde_yaml::Value, base_dir: &Path, c: &mut Collector<'_>) -> Opti
         unrouted_dead_letter: unrouted_dead_letter?,
         telemetry: telemetry?,
         state_dir,
+        buffer: buffer?,
+        journal_path,
         routes,
         base_dir: base_dir.to_path_buf(),
     })

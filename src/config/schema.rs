@@ -234,6 +234,60 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `buffer:` where received messages wait until they are finished.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    #[serde(default)]
+    pub kind: BufferKind,
+    /// The journal's file (`kind: disk`); `<state_dir>/journal.db` by default.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The most the journal takes on disk (database and WAL).
+    #[serde(default = "default_buffer_max_size")]
+    pub max_size: ByteSize,
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            kind: BufferKind::Memory,
+            path: None,
+            max_size: default_buffer_max_size(),
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+fn default_buffer_max_size() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+/// `buffer.kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BufferKind {
+    /// Messages wait in the broker until they are finished (acknowledged then).
+    #[default]
+    Memory,
+    /// Messages are acknowledged once durably in the local journal and
+    /// processed from there (store and forward).
+    Disk,
+}
+
+/// `buffer.when_full`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Stop reading from the broker until there is room (the broker holds the rest).
+    #[default]
+    Block,
+    /// Drop the oldest messages to make room, each counted and logged.
+    DropOldest,
+}
+
 /// `telemetry:` W3C trace context on every message, and its spans over OTLP.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

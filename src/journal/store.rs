@@ -402,16 +402,40 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(sql)?;
-        let file = |suffix: &str| {
-            std::fs::metadata(format!("{}{suffix}", self.path.display()))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        };
         Ok(Stats {
             entries: u64::try_from(entries).unwrap_or(0),
             bytes: bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
             oldest_at_ms: oldest.and_then(|t| u64::try_from(t).ok()),
-            disk_bytes: file("") + file("-wal"),
+            disk_bytes: disk_bytes(&self.path),
         })
     }
+
+    /// Arrival time of the oldest message kept (by sequence number: an
+    /// indexed lookup, unlike [`Store::stats`]).
+    pub fn oldest_at_ms(&self) -> Result<Option<u64>, String> {
+        let mut q = self
+            .conn
+            .prepare_cached("SELECT at_ms FROM messages ORDER BY seq LIMIT 1")
+            .map_err(sql)?;
+        let mut rows = q.query([]).map_err(sql)?;
+        match rows.next().map_err(sql)? {
+            Some(r) => Ok(u64::try_from(r.get::<_, i64>(0).map_err(sql)?).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// The database file and its WAL, on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        disk_bytes(&self.path)
+    }
+}
+
+/// The size of the journal at `path` (database and WAL) on disk.
+pub fn disk_bytes(path: &Path) -> u64 {
+    let file = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", path.display()))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    file("") + file("-wal")
 }

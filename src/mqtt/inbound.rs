@@ -179,6 +179,10 @@ pub struct SessionSpec {
     pub write_timeout: Duration,
     /// The session's shutdown: a child of the core's, so it stops with it.
     pub shutdown: Shutdown,
+    /// `buffer: {kind: disk}`: messages go to the journal and are
+    /// acknowledged once durable there ([`crate::journal::replay`] feeds the
+    /// router). A retiring session does not use it.
+    pub journal: Option<crate::journal::Journal>,
 }
 
 /// Starts the task of one session.
@@ -222,6 +226,7 @@ pub fn spawn(
         acks_in_channel: 0,
         write_timeout: spec.write_timeout,
         went_quiet: false,
+        journal: if spec.retire { None } else { spec.journal },
     };
     let handle = tokio::spawn(task.run(spec.endpoint, shutdown.clone()));
     SessionHandle {
@@ -266,6 +271,7 @@ struct Task {
     write_timeout: Duration,
     /// A retired session that ended because nothing more arrived.
     went_quiet: bool,
+    journal: Option<crate::journal::Journal>,
 }
 
 /// What became of a message taken from the connection.
@@ -488,6 +494,42 @@ impl Task {
                 },
             }
         };
+        if let Some(journal) = &self.journal {
+            // Store and forward: acknowledged once durable in the journal.
+            let token = self.session.admit(pkid, &msg);
+            let completion = Completion::new(token, self.done_tx.clone(), Some(permit));
+            let replayed: Vec<String> = if msg.retain {
+                self.session
+                    .recorded_filters()
+                    .into_iter()
+                    .filter(|f| self.session.subscribed_before(f))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let record = crate::journal::codec::record(
+                &self.name,
+                crate::metrics::now_ms(),
+                &msg,
+                subscription_ids,
+                replayed,
+            );
+            // Submitted here, in arrival order; durable (and acknowledged) later.
+            let durable = journal.submit(record);
+            let done = completion.route();
+            let close = shutdown.close_token();
+            tokio::spawn(async move {
+                tokio::select! {
+                    // Not acknowledged: the broker redelivers it.
+                    () = close.cancelled() => {}
+                    stored = durable => match stored {
+                        Ok(_) => done.success(),
+                        Err(e) => error!(error = %e, "not in the journal, so not acknowledged (the broker redelivers it)"),
+                    },
+                }
+            });
+            return Taken::Handled;
+        }
         let token = self.session.admit(pkid, &msg);
         let completion = Completion::new(token, self.done_tx.clone(), Some(permit));
         if token.is_some() {
