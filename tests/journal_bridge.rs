@@ -468,3 +468,66 @@ async fn a_long_outage_fills_the_journal_not_the_memory_and_replays_in_order() {
     }
     bridge.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_route_does_not_hold_back_a_healthy_one_in_journal_mode() {
+    let broker = Mosquitto::start();
+    let gw = TestGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let mut cfg = BridgeConfig::new(broker.port(), &gw.url())
+        .route(r#"{name: slow, topic: "slow/+", function: s, ordering: none, max_in_flight: 5}"#)
+        .route(r#"{name: healthy, topic: "ok/+", function: h}"#);
+    cfg.admin_port = Some(admin);
+    cfg.gateway_timeout = "10s".into();
+    cfg.extra = format!(
+        "buffer: {{kind: disk, path: {:?}}}\n",
+        dir.path().join("journal.db").display().to_string()
+    );
+    let file = ConfigFile::with(&cfg.to_yaml());
+    let bridge = BridgeProcess::spawn(file.path());
+    bridge.wait_ready(admin, LONG).await;
+
+    let healthy = |from: usize| -> Vec<(String, Vec<u8>)> {
+        (from..from + 300)
+            .map(|i| (format!("ok/{}", i % 10), format!("ok-{i}").into_bytes()))
+            .collect()
+    };
+    let port = broker.port();
+    let healthy_batch = |want: u64, batch: Vec<(String, Vec<u8>)>| async move {
+        let started = std::time::Instant::now();
+        publish_all(port, &batch).await;
+        wait_until_async(LONG, "the healthy batch done", || async {
+            value(admin, "route_invoked_total{route=\"healthy\"}").await == Some(want)
+        })
+        .await;
+        started.elapsed()
+    };
+    // The healthy route alone, then beside 20 calls of 2 s on the slow route
+    // (8 s of work at 5 at a time).
+    let alone = healthy_batch(300, healthy(0)).await;
+    let slow: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("slow/{i}"), format!("slow-{i}").into_bytes()))
+        .collect();
+    for (_, p) in &slow {
+        gw.delay_input(p, Duration::from_secs(2));
+    }
+    publish_all(broker.port(), &slow).await;
+    let beside = healthy_batch(600, healthy(300)).await;
+    let slow_done = value(admin, "route_invoked_total{route=\"slow\"}")
+        .await
+        .unwrap_or(0);
+    println!(
+        "healthy route, 300 messages: {alone:?} alone, {beside:?} beside the slow route (which had finished {slow_done} of 20)"
+    );
+    assert!(slow_done < 20, "the slow route was still busy");
+    assert!(
+        beside <= alone * 2 + Duration::from_millis(250),
+        "the healthy route is not held back: {alone:?} alone, {beside:?} beside"
+    );
+    wait_until_async(LONG, "the slow route done", || async {
+        value(admin, "route_invoked_total{route=\"slow\"}").await == Some(20)
+    })
+    .await;
+    bridge.terminate();
+}
