@@ -377,13 +377,13 @@ async fn power_cuts_at_random_points_lose_nothing_the_bridge_acknowledged() {
     bridge.terminate();
 }
 
-/// Messages of the long-outage test: `FXBRIDGE_OUTAGE_MESSAGES` (50,000 by
+/// Messages of the long-outage test: `FXBRIDGE_OUTAGE_MESSAGES` (20,000 by
 /// default; the full size is 1,000,000).
 fn outage_messages() -> usize {
     std::env::var("FXBRIDGE_OUTAGE_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000)
+        .unwrap_or(20_000)
 }
 
 /// VmRSS of process `pid`, in MiB.

@@ -46,7 +46,10 @@ async fn run(spec: ReplaySpec, dispatch: Arc<dyn Dispatch>) {
         max_pending,
         shutdown,
     } = spec;
-    let permits = Arc::new(Semaphore::new(max_pending.max(1)));
+    let max_pending = max_pending.max(1);
+    let permits = Arc::new(Semaphore::new(max_pending));
+    // Read again once this many are free (or all): fewer, larger reads.
+    let refill = (max_pending / 8).max(1);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let mut appended = journal.appended();
     let mut after = 0u64;
@@ -62,7 +65,7 @@ async fn run(spec: ReplaySpec, dispatch: Arc<dyn Dispatch>) {
             }
         }
         let free = permits.available_permits();
-        if reading && free > 0 && !shutdown.is_reading_stopped() {
+        if reading && (free >= refill || free == max_pending) && !shutdown.is_reading_stopped() {
             match journal.read(&session, after, free.min(READ_BATCH)).await {
                 Ok(batch) if !batch.is_empty() => {
                     for (seq, record) in batch {

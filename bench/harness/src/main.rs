@@ -453,6 +453,8 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
     );
 
     let mut subject: Vec<Proc> = Vec::new();
+    // The admin port of a bridge that runs through the disk journal.
+    let mut journal_admin: Option<u16> = None;
     match s.subject {
         Subject::Bridge { routes, plugin } => {
             if let Some(p) = plugin {
@@ -474,10 +476,19 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
             if s.stuck.is_some() && !ctx.args.plugins_dir.join("hostile.wasm").exists() {
                 bail!("hostile.wasm missing (bash plugins/build.sh)");
             }
+            let journal_path = std::path::absolute(ctx.logs.join(format!("{}.journal.db", s.name)))
+                .context("no current directory")?;
+            if s.journal {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", journal_path.display()));
+                }
+            }
             let extras = scenarios::Extras {
                 stuck: s.stuck,
                 mqtt5: s.mqtt5,
+                journal: s.journal.then_some(journal_path.as_path()),
             };
+            journal_admin = s.journal.then_some(admin);
             let yaml = scenarios::bridge_yaml(s.name, routes, plugin, s.qos, &env, extras);
             let (p, ready) = start_bridge(ctx, s.name, &yaml, admin).await?;
             o.ready_ms = Some(ready.as_secs_f64() * 1e3);
@@ -537,6 +548,23 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
     let cpu0 = cpu_sum(&subject_pids);
     let broker0 = cpu_sum(&[broker_pid]);
     let gw0 = gateway_pid.map(|p| cpu_sum(&[p]));
+    let journal_at = |admin: u16| async move {
+        let page = procs::http_body(([127, 0, 0, 1], admin).into(), "/metrics")
+            .await
+            .unwrap_or_default();
+        procs::metric(&page, "fxbridge_journal_commits_total").unwrap_or(0.0)
+    };
+    let journal0 = match journal_admin {
+        Some(a) => Some((
+            journal_at(a).await,
+            subject_pids
+                .first()
+                .and_then(|p| procs::write_bytes(*p))
+                .unwrap_or(0),
+            Instant::now(),
+        )),
+        None => None,
+    };
     let sent = load::publish(&load, &publisher, &collector, ctx.epoch, ctx.stall).await?;
     if let Some(noise) = noise {
         noise.abort();
@@ -545,6 +573,20 @@ async fn run_scenario(ctx: &Ctx, s: &Scenario) -> Result<Outcome> {
         .wait_for(sent.sent, ctx.drain_idle, Duration::from_secs(300))
         .await;
     let cpu1 = cpu_sum(&subject_pids);
+    if let (Some(a), Some((commits0, written0, t0))) = (journal_admin, journal0) {
+        let commits = journal_at(a).await - commits0;
+        let written = subject_pids
+            .first()
+            .and_then(|p| procs::write_bytes(*p))
+            .unwrap_or(0)
+            .saturating_sub(written0);
+        let secs = t0.elapsed().as_secs_f64();
+        o.notes.push(format!(
+            "journal: {commits:.0} commits ({:.0} fsyncs/s), {:.0} B written per message",
+            commits / secs,
+            written as f64 / sent.sent.max(1) as f64
+        ));
+    }
     let broker1 = cpu_sum(&[broker_pid]);
     let gw1 = gateway_pid.map(|p| cpu_sum(&[p]));
     if let Some(p) = perf {

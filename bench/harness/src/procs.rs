@@ -187,6 +187,43 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
     Ok(code)
 }
 
+/// `GET path` over plain HTTP/1.1; returns the body.
+pub async fn http_body(addr: SocketAddr, path: &str) -> Result<String> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .context("admin endpoint timed out")?
+        .context("admin endpoint request failed")?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// The value of metric line `name` (with its labels) on a Prometheus page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Bytes process `pid` caused to be written to storage (`/proc/<pid>/io`).
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse().ok())
+}
+
 /// Polls `/readyz` every 2 ms until 200; fails when `proc` exits or on timeout.
 pub async fn wait_ready(proc: &mut Proc, admin: SocketAddr, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;

@@ -113,6 +113,25 @@ fn targets(all: &[Outcome]) -> Vec<(String, String, String)> {
     t.push(("passthrough QoS1 64 B ≥ 80% of relay msgs/s".into(), v, f));
 
     let (v, f) = match (
+        find(all, "journal-qos1-64").and_then(|o| o.msgs_per_s),
+        pass.and_then(|o| o.msgs_per_s),
+    ) {
+        (Some(j), Some(p)) => (
+            verdict(j >= 0.7 * p),
+            format!(
+                "{:.0}% of memory mode ({j:.0} vs {p:.0} msg/s)",
+                100.0 * j / p
+            ),
+        ),
+        _ => missing("journal-qos1-64 and pass-qos1-64"),
+    };
+    t.push((
+        "disk journal QoS1 64 B ≥ 70% of memory-mode msgs/s".into(),
+        v,
+        f,
+    ));
+
+    let (v, f) = match (
         pass.and_then(|o| o.msgs_per_s),
         base.and_then(|o| o.msgs_per_s),
     ) {

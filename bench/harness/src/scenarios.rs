@@ -116,6 +116,8 @@ pub struct Scenario {
     pub broker_inflight: u32,
     pub stuck: Option<Stuck>,
     pub mqtt5: bool,
+    /// `buffer: {kind: disk}`: through the durable journal.
+    pub journal: bool,
 }
 
 impl Scenario {
@@ -155,6 +157,7 @@ pub fn all() -> Vec<Scenario> {
         broker_inflight: 1000,
         stuck: None,
         mqtt5: false,
+        journal: false,
     };
     // Head of line: open loop on one route, mosquitto's default window (20),
     // with or without a stuck neighbour, MQTT 3.1.1 or 5.
@@ -204,6 +207,18 @@ pub fn all() -> Vec<Scenario> {
             TOPICS,
             Closed,
         ),
+        Scenario {
+            journal: true,
+            ..s(
+                "journal-qos1-64",
+                "passthrough through the disk journal (buffer: disk), QoS 1, 64 B",
+                bridge(1, None),
+                AtLeastOnce,
+                64,
+                TOPICS,
+                Closed,
+            )
+        },
         s(
             "pass-qos1-1k",
             "passthrough, 1 route, QoS 1, 1 KiB",
@@ -394,9 +409,11 @@ pub struct BridgeEnv<'a> {
 
 /// What a bridge configuration adds for a head-of-line scenario.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Extras {
+pub struct Extras<'a> {
     pub stuck: Option<Stuck>,
     pub mqtt5: bool,
+    /// The journal's file, for a scenario through the disk journal.
+    pub journal: Option<&'a Path>,
 }
 
 /// The topic the stuck neighbour's messages go to (`stuck/<k>`).
@@ -409,7 +426,7 @@ pub fn bridge_yaml(
     plugin: Option<Plugin>,
     qos: QoS,
     env: &BridgeEnv<'_>,
-    extras: Extras,
+    extras: Extras<'_>,
 ) -> String {
     let q = qos_num(qos);
     let mut y = format!(
@@ -427,6 +444,16 @@ routes:\n",
         ap = env.admin_port,
         cache = env.cache_dir.display(),
     );
+    if let Some(path) = extras.journal {
+        y = y.replacen(
+            "routes:\n",
+            &format!(
+                "buffer: {{kind: disk, path: {:?}}}\nroutes:\n",
+                path.display().to_string()
+            ),
+            1,
+        );
+    }
     for k in 0..routes {
         let filter = if routes == 1 {
             "in/+".to_string()
