@@ -24,6 +24,10 @@ use crate::shutdown::Shutdown;
 
 /// Records read from the journal at a time (at most the free permits).
 const READ_BATCH: usize = 256;
+/// Finished messages removed from the journal together, at most...
+const REMOVE_BATCH: usize = 256;
+/// ...and at the latest this long after the first of them finished.
+const REMOVE_DELAY: Duration = Duration::from_millis(20);
 
 /// How one session's messages are replayed.
 pub struct ReplaySpec {
@@ -55,14 +59,24 @@ async fn run(spec: ReplaySpec, dispatch: Arc<dyn Dispatch>) {
     let mut after = 0u64;
     let mut reading = true;
     let mut finished: Vec<u64> = Vec::new();
+    let mut remove_due: Option<tokio::time::Instant> = None;
     loop {
         while let Ok(f) = done_rx.try_recv() {
             collect(&mut finished, f);
         }
-        if !finished.is_empty() {
+        // Removals are grouped (each is a write to the journal): at
+        // REMOVE_BATCH finished messages, or REMOVE_DELAY after the first.
+        if finished.is_empty() {
+            remove_due = None;
+        } else if finished.len() >= REMOVE_BATCH
+            || remove_due.is_some_and(|t| tokio::time::Instant::now() >= t)
+        {
+            remove_due = None;
             if let Err(e) = journal.remove(std::mem::take(&mut finished)).await {
                 warn!(%session, error = %e, "cannot remove finished messages from the journal (they will be processed again)");
             }
+        } else if remove_due.is_none() {
+            remove_due = Some(tokio::time::Instant::now() + REMOVE_DELAY);
         }
         let free = permits.available_permits();
         if reading && (free >= refill || free == max_pending) && !shutdown.is_reading_stopped() {
@@ -114,6 +128,7 @@ async fn run(spec: ReplaySpec, dispatch: Arc<dyn Dispatch>) {
                 reading = false;
             }
             Some(f) = done_rx.recv() => collect(&mut finished, f),
+            () = tokio::time::sleep_until(remove_due.unwrap_or_else(tokio::time::Instant::now)), if remove_due.is_some() => {}
             changed = appended.changed(), if reading => {
                 if changed.is_err() {
                     reading = false;
